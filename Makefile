@@ -1,0 +1,62 @@
+# mlplatform: the two commands are `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3.11
+UV_VERSION  := 0.13.9
+VENV        := .venv
+PY          := $(VENV)/bin/python
+UV          := $(VENV)/bin/uv
+STAMP       := $(VENV)/.installed
+RUN_DIR     ?= .mlplatform
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --python $(PY) requirements.lock
+	$(UV) pip install --python $(PY) --no-deps -e .
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv from the committed lock (fast when nothing changed)
+
+.PHONY: lock
+lock: ## re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+.PHONY: services
+services: ## install (Debian packages) and start Redis, PostgreSQL and Prometheus for the tests
+	bash scripts/services.sh up
+
+.PHONY: services-down
+services-down: ## stop the test services
+	bash scripts/services.sh down
+
+.PHONY: run
+run: venv ## the main job: train, validate, register (and serve) on embedded defaults
+	$(VENV)/bin/mlplatform run --work-dir $(RUN_DIR)
+
+.PHONY: test
+test: venv services ## every test that can run on this machine
+	$(VENV)/bin/ruff check mlplatform components pipelines serving tests benchmarks feature_repo
+	$(VENV)/bin/pytest -q
+
+.PHONY: compile
+compile: venv ## compile the training pipeline to build/training_pipeline.yaml
+	$(VENV)/bin/mlplatform pipeline compile --output build/training_pipeline.yaml
+
+.PHONY: bench-pipeline
+bench-pipeline: venv ## wall time per pipeline step at 100k and 1M transactions (JSON)
+	$(PY) benchmarks/bench_pipeline.py --sizes 100000 1000000 --output benchmarks/results/pipeline.json
+
+.PHONY: bench
+bench: bench-pipeline ## all benchmarks
+
+.PHONY: clean
+clean: ## remove run outputs (keeps .venv)
+	rm -rf $(RUN_DIR) build .pytest_cache

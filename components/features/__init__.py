@@ -1,0 +1,1 @@
+"""Features: compute the batch feature tables, `feast apply`, and materialize into the online store."""

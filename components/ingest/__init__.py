@@ -1,0 +1,1 @@
+"""Ingest: produce (generate) or load the raw transaction snapshot and fingerprint it."""

@@ -1,0 +1,1 @@
+"""Register: the promotion gate, then an MLflow model version with lineage tags and aliases."""

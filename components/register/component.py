@@ -1,0 +1,46 @@
+"""KFP component of the register step: a thin wrapper around components.register.step."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from mlplatform.settings import DEFAULT_COMPONENT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_COMPONENT_IMAGE, install_kfp_package=False)
+def register(
+    mlflow_run_id: str,
+    evaluation: str,
+    data_hash: str,
+    feature_versions: str,
+    pipeline_run_id: str,
+) -> NamedTuple("RegisterOutputs", [("registered", bool), ("version", str), ("summary", str)]):
+    """Apply the promotion gate and register the model version with lineage tags.
+
+    Args:
+        mlflow_run_id: The training run.
+        evaluation: The evaluation report (JSON).
+        data_hash: Content hash of the raw snapshot.
+        feature_versions: JSON of the feature view and service versions.
+        pipeline_run_id: The pipeline run that produced the model.
+
+    Returns:
+        Whether it was registered, the version, and a JSON summary.
+    """
+    import json
+    from collections import namedtuple
+    from dataclasses import asdict
+
+    from components.register.step import run_register
+    from mlplatform.settings import PlatformSettings
+
+    result = run_register(
+        mlflow_run_id,
+        json.loads(evaluation),
+        data_hash,
+        json.loads(feature_versions),
+        pipeline_run_id,
+        PlatformSettings(),
+    )
+    outputs = namedtuple("RegisterOutputs", ["registered", "version", "summary"])
+    return outputs(result.registered, result.version, json.dumps(asdict(result)))

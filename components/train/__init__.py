@@ -1,0 +1,1 @@
+"""Train: fit the PyTorch MLP (CUDA when available), log the run to MLflow, save weights without pickle."""

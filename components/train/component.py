@@ -1,0 +1,57 @@
+"""KFP component of the train step: a thin wrapper around components.train.step."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from mlplatform.settings import DEFAULT_COMPONENT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_COMPONENT_IMAGE, install_kfp_package=False)
+def train(
+    train: Input[Dataset],
+    validation: Input[Dataset],
+    max_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    run_name: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> str:
+    """Train the fraud model and log the run to MLflow.
+
+    Args:
+        train: Training rows.
+        validation: Validation rows (early stopping, operating threshold).
+        max_epochs: Upper bound on epochs.
+        batch_size: Rows per step.
+        learning_rate: AdamW learning rate.
+        seed: Seed of every random generator.
+        run_name: MLflow run name.
+        model: The model directory (safetensors weights, config, reference statistics).
+        metrics: Training metrics for the Kubeflow UI.
+
+    Returns:
+        The MLflow run id.
+    """
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from components.train.step import run_train
+    from mlplatform.settings import PlatformSettings
+    from mlplatform.training import TrainConfig
+
+    config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    outcome = run_train(
+        Path(train.path),
+        Path(validation.path),
+        Path(model.path),
+        config,
+        PlatformSettings(),
+        run_name=run_name or None,
+    )
+    for key in ("best_epoch", "epochs_run", "final_train_loss", "best_val_loss", "threshold"):
+        metrics.log_metric(key, float(getattr(outcome, key)))
+    model.metadata.update(asdict(outcome))
+    model.metadata["framework"] = "pytorch"
+    return outcome.mlflow_run_id

@@ -1,0 +1,1 @@
+"""Training set: point-in-time correct features for labelled events, split by time."""

@@ -1,0 +1,212 @@
+"""The `mlplatform` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlplatform.errors import ConfigError, MlPlatformError
+
+app = typer.Typer(help="mlplatform: raw data to a registered fraud model and beyond.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Compile or submit the training pipeline.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+console = Console()
+err_console = Console(stderr=True)
+
+# Options shared by `run` and `pipeline submit`; None means "the pipeline's default".
+NTransactions = Annotated[int | None, typer.Option("--n-transactions", help="Transactions to generate (>= 1000).")]
+NDays = Annotated[int | None, typer.Option("--n-days", help="Days the transactions span (>= 7).")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed of the generator and of training.")]
+FraudRate = Annotated[float | None, typer.Option("--fraud-rate", help="Share of fraud to generate (0.001-0.2).")]
+Drift = Annotated[float | None, typer.Option("--drift", help="Distribution shift to generate (0-1).")]
+SourcePath = Annotated[str | None, typer.Option("--source-path", help="Existing raw Parquet snapshot to use.")]
+ValidationDays = Annotated[int | None, typer.Option("--validation-days", help="Days for validation.")]
+TestDays = Annotated[int | None, typer.Option("--test-days", help="Last days held out for the test.")]
+MaxEpochs = Annotated[int | None, typer.Option("--max-epochs", help="Upper bound on training epochs.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Rows per training step.")]
+LearningRate = Annotated[float | None, typer.Option("--learning-rate", help="AdamW learning rate.")]
+
+
+def _params(**values: Any):  # -> PipelineParams
+    from mlplatform.params import parse_params
+
+    return parse_params({k: v for k, v in values.items() if v is not None})
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Folder for local state (data, stores, MLflow).")] = Path(
+        ".mlplatform"
+    ),
+    n_transactions: NTransactions = None,
+    n_days: NDays = None,
+    seed: Seed = None,
+    fraud_rate: FraudRate = None,
+    drift: Drift = None,
+    source_path: SourcePath = None,
+    validation_days: ValidationDays = None,
+    test_days: TestDays = None,
+    max_epochs: MaxEpochs = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+) -> None:
+    """Run the training pipeline locally (kfp.local) on embedded defaults and print a summary."""
+    from mlplatform.runner import run_local
+    from mlplatform.settings import PlatformSettings
+
+    try:
+        params = _params(
+            n_transactions=n_transactions,
+            n_days=n_days,
+            seed=seed,
+            fraud_rate=fraud_rate,
+            drift=drift,
+            source_path=source_path,
+            validation_days=validation_days,
+            test_days=test_days,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+        )
+        settings = PlatformSettings(work_dir=work_dir)
+    except (ConfigError, ValueError) as exc:
+        _fail(exc)
+    console.rule("[bold]mlplatform: local training pipeline (kfp.local)")
+    console.print(f"parameters: {params.model_dump()}")
+    try:
+        result = run_local(params, settings)
+    except MlPlatformError as exc:
+        _fail(exc)
+    except RuntimeError as exc:  # kfp.local: a task failed; its log above says why
+        _fail(f"pipeline failed: {exc}")
+    print_summary(result.summary, result.settings, result.pipeline_root)
+    if not result.summary["registered"]:
+        raise typer.Exit(code=1)
+
+
+def print_summary(summary: dict[str, Any], settings: Any, pipeline_root: Path) -> None:
+    """The end-of-run summary: data, metrics vs baseline, the registered version, where things are."""
+    import pandas as pd
+
+    from mlplatform import tracking
+
+    tracking.configure(settings)
+    table = Table(title="Training run summary", show_header=False)
+    raw = sorted(pipeline_root.glob("*/ingest/raw"), key=lambda p: p.stat().st_mtime)
+    if raw:
+        df = pd.read_parquet(raw[-1], columns=["is_fraud"])
+        table.add_row(
+            "rows",
+            f"{len(df):,} transactions, {int(df['is_fraud'].sum()):,} fraud ({df['is_fraud'].mean():.2%})",
+        )
+    table.add_row("test PR-AUC (model)", f"{summary['test_pr_auc']:.4f}")
+    table.add_row(
+        "test PR-AUC (rule baseline)",
+        f"{summary['baseline_pr_auc']:.4f}  "
+        f"(model = {summary['test_pr_auc'] / max(summary['baseline_pr_auc'], 1e-9):.2f}x baseline)",
+    )
+    if summary.get("champion_pr_auc") is not None:
+        table.add_row("test PR-AUC (champion before)", f"{summary['champion_pr_auc']:.4f}")
+    if summary["registered"]:
+        table.add_row(
+            "registered",
+            f"models:/{summary['model_name']} version {summary['version']} (aliases: {', '.join(summary['aliases'])})",
+        )
+    else:
+        table.add_row("[red]rejected[/]", "; ".join(summary["reasons"]))
+    table.add_row("MLflow tracking", settings.tracking_uri)
+    table.add_row(
+        "MLflow UI",
+        f"mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000  # then open http://127.0.0.1:5000",
+    )
+    table.add_row("pipeline artifacts", str(pipeline_root))
+    console.print(table)
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the IR YAML.")] = Path(
+        "build/training_pipeline.yaml"
+    ),
+) -> None:
+    """Compile the training pipeline to KFP IR YAML (upload it in the Kubeflow UI)."""
+    from pipelines import compile_pipeline
+
+    path = compile_pipeline(output)
+    console.print(f"compiled the training pipeline to {path}")
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8888."),
+    ],
+    experiment: Annotated[
+        str, typer.Option("--experiment", help="KFP experiment to file the run under.")
+    ] = "fraud-detection",
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Name of the run.")] = None,
+    package: Annotated[
+        Path | None,
+        typer.Option("--package", help="Compiled pipeline YAML (compiled now if omitted)."),
+    ] = None,
+    n_transactions: NTransactions = None,
+    n_days: NDays = None,
+    seed: Seed = None,
+    fraud_rate: FraudRate = None,
+    drift: Drift = None,
+    source_path: SourcePath = None,
+    validation_days: ValidationDays = None,
+    test_days: TestDays = None,
+    max_epochs: MaxEpochs = None,
+    batch_size: BatchSize = None,
+    learning_rate: LearningRate = None,
+) -> None:
+    """Create a run of the training pipeline on a Kubeflow Pipelines endpoint."""
+    import tempfile
+    from urllib.parse import urlparse
+
+    from mlplatform.runner import submit
+    from pipelines import compile_pipeline
+
+    try:
+        parsed = urlparse(host)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"--host must be an http(s) URL such as http://localhost:8888, got {host!r}")
+        params = _params(
+            n_transactions=n_transactions,
+            n_days=n_days,
+            seed=seed,
+            fraud_rate=fraud_rate,
+            drift=drift,
+            source_path=source_path,
+            validation_days=validation_days,
+            test_days=test_days,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+        )
+        if package is not None and not package.is_file():
+            raise ConfigError(f"--package {package} does not exist")
+    except ConfigError as exc:
+        _fail(exc)
+    pkg = package or compile_pipeline(Path(tempfile.mkdtemp()) / "training_pipeline.yaml")
+    try:
+        run_id = submit(host, pkg, params, experiment, run_name)
+    except Exception as exc:  # the KFP client raises ApiException, urllib3 and connection errors
+        _fail(f"could not create the run on {host}: {exc}")
+    console.print(json.dumps({"run_id": run_id, "host": host, "experiment": experiment}))
+
+
+if __name__ == "__main__":
+    app()

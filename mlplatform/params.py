@@ -1,0 +1,55 @@
+"""Parameters of a training pipeline run: one definition with ranges, shared by the pipeline and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlplatform.errors import ConfigError
+
+
+class PipelineParams(BaseModel):
+    """What a training run is asked to do. The pipeline's parameter defaults are these defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_transactions: int = Field(100_000, ge=1_000, le=50_000_000, description="Transactions to generate.")
+    n_days: int = Field(60, ge=7, le=3_650, description="Days the transactions span.")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the generator and of training.")
+    fraud_rate: float = Field(0.02, ge=0.001, le=0.2, description="Share of fraud to generate.")
+    drift: float = Field(0.0, ge=0.0, le=1.0, description="Distribution shift to generate.")
+    source_path: str = Field("", description="Existing raw snapshot (Parquet) instead of generating.")
+    validation_days: int = Field(10, ge=1, le=365, description="Days before the test window for validation.")
+    test_days: int = Field(10, ge=1, le=365, description="Last days held out for the test.")
+    max_epochs: int = Field(30, ge=1, le=1_000, description="Upper bound on training epochs.")
+    batch_size: int = Field(1024, ge=16, le=1_048_576, description="Rows per training step.")
+    learning_rate: float = Field(0.002, gt=0.0, lt=1.0, description="AdamW learning rate.")
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> PipelineParams:
+        if not self.source_path and self.validation_days + self.test_days >= self.n_days:
+            raise ValueError(
+                f"validation_days + test_days ({self.validation_days} + {self.test_days}) must be "
+                f"shorter than n_days ({self.n_days}) so that training data remains"
+            )
+        return self
+
+
+DEFAULTS = PipelineParams()
+
+
+def parse_params(values: dict[str, Any]) -> PipelineParams:
+    """Validate run parameters.
+
+    Raises:
+        ConfigError: Naming each invalid parameter and what is wrong with it.
+    """
+    try:
+        return PipelineParams(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "parameters"
+            problems.append(f"{name}: {err['msg']}" + (f" (got {err['input']!r})" if name != "parameters" else ""))
+        raise ConfigError("invalid pipeline parameter(s): " + "; ".join(problems)) from None

@@ -1,0 +1,106 @@
+"""Settings of the pipeline components and the CLI, read from MLPLATFORM_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The image every pipeline component runs in on a cluster (built from images/components.Dockerfile).
+DEFAULT_COMPONENT_IMAGE = "ghcr.io/mlplatform/mlplatform-components:0.1.0"
+
+
+class PlatformSettings(BaseSettings):
+    """Infrastructure settings of the training pipeline; per-run choices are pipeline parameters.
+
+    Each field is read from the environment variable `MLPLATFORM_<FIELD NAME>`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MLPLATFORM_", extra="forbid")
+
+    work_dir: Path = Field(
+        default=Path(".mlplatform"),
+        description="Folder for local state: raw data, Feast stores, MLflow database and artifacts.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; unset means SQLite in <work_dir>/mlflow.db.",
+    )
+    mlflow_artifact_location: str | None = Field(
+        default=None,
+        description="Artifact root for a new experiment; unset means <work_dir>/mlartifacts.",
+    )
+    mlflow_experiment: str = Field(default="fraud-detection", description="MLflow experiment name.")
+    mlflow_request_timeout_seconds: int = Field(default=30, ge=1, description="Timeout of one MLflow HTTP request.")
+    mlflow_max_retries: int = Field(
+        default=3, ge=0, description="Retries (with backoff) of a failed MLflow HTTP request."
+    )
+    registered_model_name: str = Field(
+        default="fraud-detector", description="Name of the model in the MLflow registry."
+    )
+    feast_repo_path: Path | None = Field(
+        default=None, description="Feast feature repo; unset means the project's feature_repo/."
+    )
+    feast_config_file: str = Field(
+        default="feature_store.yaml",
+        description="Feast configuration file inside the repo (e.g. feature_store_redis_postgres.yaml).",
+    )
+    feast_data_dir: Path | None = Field(
+        default=None,
+        description="Where Feast's relative paths resolve (sources, registry file, SQLite); "
+        "unset means <work_dir>/feast.",
+    )
+    component_image: str = Field(default=DEFAULT_COMPONENT_IMAGE, description="Image the pipeline components run in.")
+    git_commit: str | None = Field(default=None, description="Commit of the code that trained a model (a lineage tag).")
+    gate_min_roc_auc: float = Field(
+        default=0.85, ge=0, le=1, description="Promotion gate: lowest acceptable test ROC-AUC."
+    )
+    gate_min_pr_auc: float = Field(
+        default=0.30, ge=0, le=1, description="Promotion gate: lowest acceptable test PR-AUC."
+    )
+    gate_min_baseline_ratio: float = Field(
+        default=1.1,
+        ge=0,
+        description="Promotion gate: test PR-AUC must be at least this multiple of the rule baseline's.",
+    )
+    gate_max_regression: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Promotion gate: largest PR-AUC drop allowed against the champion on the same test set.",
+    )
+
+    @field_validator("mlflow_experiment", "registered_model_name")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        """The work dir as an absolute path."""
+        return self.work_dir.expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_work_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        """The artifact root used when the experiment is created."""
+        return self.mlflow_artifact_location or (self.resolved_work_dir / "mlartifacts").as_uri()
+
+    @property
+    def feast_repo(self) -> Path:
+        """The feature repo in force."""
+        from mlplatform.featurestore import default_repo_path
+
+        return (self.feast_repo_path or default_repo_path()).resolve()
+
+    @property
+    def feast_data(self) -> Path:
+        """The Feast data directory in force."""
+        return (self.feast_data_dir or self.resolved_work_dir / "feast").resolve()

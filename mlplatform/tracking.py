@@ -1,0 +1,146 @@
+"""MLflow access: tracking URI, experiment, and the registry operations of the promotion gate."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlplatform.errors import PromotionRejected
+from mlplatform.settings import PlatformSettings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def configure(settings: PlatformSettings) -> str:
+    """Point MLflow at the configured tracking server, with the configured timeout and retries.
+
+    Returns:
+        The experiment id (the experiment is created with the configured artifact root if missing).
+    """
+    import mlflow
+
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.mlflow_request_timeout_seconds)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.resolved_work_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(settings.mlflow_experiment, artifact_location=settings.artifact_location)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version in the registry."""
+
+    name: str
+    version: str
+    source: str
+    run_id: str | None
+    aliases: list[str]
+    tags: dict[str, str]
+
+
+def get_alias(name: str, alias: str) -> RegisteredVersion | None:
+    """The version behind `models:/<name>@<alias>`, or None when the model or alias does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return RegisteredVersion(mv.name, str(mv.version), mv.source, mv.run_id, list(mv.aliases), dict(mv.tags))
+
+
+def download_version(version: RegisteredVersion, dst: Path | None = None) -> Path:
+    """Download a version's artifact directory; returns the local directory."""
+    import mlflow
+
+    dst = dst or Path(tempfile.mkdtemp(prefix=f"{version.name}-v{version.version}-"))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst)))
+
+
+def gate_reasons(
+    metrics: Mapping[str, float],
+    baseline_pr_auc: float,
+    champion_pr_auc: float | None,
+    settings: PlatformSettings,
+) -> list[str]:
+    """Why a model fails the promotion gate (empty when it passes).
+
+    Args:
+        metrics: The candidate's test metrics (`roc_auc`, `pr_auc`).
+        baseline_pr_auc: The rule baseline's PR-AUC on the same test set.
+        champion_pr_auc: The champion's PR-AUC on the same test set, None when there is none.
+        settings: The gate thresholds.
+    """
+    reasons = []
+    roc, pr = metrics.get("roc_auc", float("nan")), metrics.get("pr_auc", float("nan"))
+    if not roc >= settings.gate_min_roc_auc:
+        reasons.append(f"test ROC-AUC {roc:.4f} is below the minimum {settings.gate_min_roc_auc}")
+    if not pr >= settings.gate_min_pr_auc:
+        reasons.append(f"test PR-AUC {pr:.4f} is below the minimum {settings.gate_min_pr_auc}")
+    needed = settings.gate_min_baseline_ratio * baseline_pr_auc
+    if not pr >= needed:
+        reasons.append(
+            f"test PR-AUC {pr:.4f} does not beat the rule baseline ({baseline_pr_auc:.4f} x "
+            f"{settings.gate_min_baseline_ratio} = {needed:.4f})"
+        )
+    if champion_pr_auc is not None and not pr >= champion_pr_auc - settings.gate_max_regression:
+        reasons.append(
+            f"test PR-AUC {pr:.4f} regresses against the champion's {champion_pr_auc:.4f} by more "
+            f"than {settings.gate_max_regression}"
+        )
+    return reasons
+
+
+def register_version(
+    name: str,
+    source: str,
+    run_id: str,
+    tags: Mapping[str, Any],
+    reasons: list[str],
+) -> RegisteredVersion:
+    """Register a gated model version with its lineage tags and move the aliases.
+
+    The version gets alias `challenger`; the first version of a model also becomes `champion`.
+    Nothing is written when `reasons` is not empty; when any registry write fails after the version
+    was created, the version is deleted again, so no half-registered version stays behind.
+
+    Raises:
+        PromotionRejected: When the gate rejected the model (`reasons` not empty).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if reasons:
+        raise PromotionRejected(reasons)
+    client = MlflowClient()
+    str_tags = {k: str(v) for k, v in tags.items()}
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    had_champion = get_alias(name, CHAMPION) is not None
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=str_tags)
+    try:
+        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        if not had_champion:
+            client.set_registered_model_alias(name, CHAMPION, mv.version)
+    except Exception:
+        client.delete_model_version(name, mv.version)
+        raise
+    aliases = [CHALLENGER] + ([] if had_champion else [CHAMPION])
+    return RegisteredVersion(name, str(mv.version), source, run_id, aliases, str_tags)

@@ -1,0 +1,119 @@
+"""The training pipeline: ingest -> features -> training set -> validate -> train -> evaluate -> register."""
+
+from kfp import dsl, kubernetes
+
+from components.evaluate.component import evaluate
+from components.features.component import features
+from components.ingest.component import ingest
+from components.register.component import register
+from components.train.component import train
+from components.training_set.component import training_set
+from components.validate.component import validate_data
+from mlplatform.params import DEFAULTS
+
+PIPELINE_NAME = "fraud-training"
+#: Node label and taint of the GPU nodes the train task runs on (kind-config.yaml sets them too).
+GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_ACCELERATOR = "nvidia.com/gpu"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate and register the fraud model.")
+def training_pipeline(
+    n_transactions: int = DEFAULTS.n_transactions,
+    n_days: int = DEFAULTS.n_days,
+    seed: int = DEFAULTS.seed,
+    fraud_rate: float = DEFAULTS.fraud_rate,
+    drift: float = DEFAULTS.drift,
+    source_path: str = DEFAULTS.source_path,
+    validation_days: int = DEFAULTS.validation_days,
+    test_days: int = DEFAULTS.test_days,
+    max_epochs: int = DEFAULTS.max_epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    learning_rate: float = DEFAULTS.learning_rate,
+) -> str:
+    """Raw data to a registered model version (parameter ranges: mlplatform.params.PipelineParams).
+
+    Args:
+        n_transactions: Transactions to generate.
+        n_days: Days the transactions span.
+        seed: Seed of the generator and of training.
+        fraud_rate: Share of fraud to generate.
+        drift: Distribution shift to generate (0 to 1).
+        source_path: Existing raw snapshot (Parquet) to use instead of generating one.
+        validation_days: Days before the test window used for validation.
+        test_days: Last days held out for the test.
+        max_epochs: Upper bound on training epochs.
+        batch_size: Rows per training step.
+        learning_rate: AdamW learning rate.
+
+    Returns:
+        The register step's JSON summary.
+    """
+    raw = ingest(
+        n_transactions=n_transactions,
+        n_days=n_days,
+        seed=seed,
+        fraud_rate=fraud_rate,
+        drift=drift,
+        source_path=source_path,
+    ).set_display_name("ingest")
+    raw.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("8Gi")
+
+    feats = features(raw=raw.outputs["raw"]).set_display_name("features")
+    feats.set_caching_options(False)  # writes the online store: a side effect, never skipped
+    feats.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
+    feats.set_cpu_request("1").set_memory_request("4Gi").set_memory_limit("16Gi")
+
+    splits = training_set(
+        raw=raw.outputs["raw"],
+        feature_state=feats.outputs["feature_state"],
+        validation_days=validation_days,
+        test_days=test_days,
+    ).set_display_name("training set")
+    splits.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
+
+    checked = validate_data(
+        train=splits.outputs["train"],
+        validation=splits.outputs["validation"],
+        test=splits.outputs["test"],
+    ).set_display_name("validate data")
+    checked.set_caching_options(False)  # compares with the champion, which changes between runs
+
+    trained = (
+        train(
+            train=splits.outputs["train"],
+            validation=splits.outputs["validation"],
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+        .set_display_name("train")
+        .after(checked)
+    )
+    trained.set_caching_options(False)  # creates an MLflow run
+    trained.set_cpu_request("4").set_memory_request("8Gi").set_memory_limit("32Gi")
+    trained.set_accelerator_type(GPU_ACCELERATOR).set_accelerator_limit(1)
+    kubernetes.add_node_selector(trained, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
+    kubernetes.add_toleration(trained, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
+
+    evaluated = evaluate(
+        model=trained.outputs["model"],
+        validation=splits.outputs["validation"],
+        test=splits.outputs["test"],
+        mlflow_run_id=trained.outputs["Output"],
+    ).set_display_name("evaluate")
+    evaluated.set_caching_options(False)  # compares with the current champion
+
+    registered = register(
+        mlflow_run_id=trained.outputs["Output"],
+        evaluation=evaluated.outputs["Output"],
+        data_hash=raw.outputs["Output"],
+        feature_versions=feats.outputs["Output"],
+        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    ).set_display_name("register")
+    registered.set_caching_options(False)
+    registered.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
+    return registered.outputs["summary"]
