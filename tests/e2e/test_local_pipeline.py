@@ -1,0 +1,71 @@
+"""The whole training pipeline through kfp.local: raw data to a registered, tagged model version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from mlplatform import tracking
+from mlplatform.params import parse_params
+from mlplatform.runner import run_local
+from mlplatform.settings import PlatformSettings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PARAMS = {"n_transactions": 20_000, "n_days": 40, "seed": 5, "validation_days": 7, "test_days": 7, "max_epochs": 12}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("e2e")
+    settings = PlatformSettings(work_dir=work)
+    first = run_local(parse_params(PARAMS), settings)
+    second = run_local(parse_params(PARAMS), settings)
+    return first, second, settings
+
+
+def test_first_run_registers_the_champion_with_lineage(two_runs) -> None:
+    first, _, settings = two_runs
+    assert first.summary["registered"], first.summary["reasons"]
+    assert first.summary["version"] == "1"
+    assert set(first.summary["aliases"]) == {"champion", "challenger"}
+    assert first.summary["test_pr_auc"] >= 1.5 * first.summary["baseline_pr_auc"]
+    tracking.configure(settings)
+    mv = mlflow.MlflowClient().get_model_version("fraud-detector", "1")
+    for tag in ("data_hash", "feature_service", "git_commit", "pipeline_run_id", "component_image",
+                "feature_version.customer_stats", "feature_version.fraud_model_v1"):
+        assert mv.tags.get(tag), tag
+    assert mv.tags["feature_service"] == "fraud_model_v1"
+    assert len(mv.tags["data_hash"]) == 64
+    run = mlflow.get_run(mv.run_id)
+    assert run.data.metrics["test_pr_auc"] == pytest.approx(first.summary["test_pr_auc"])
+    assert run.data.tags["gate"] == "passed"
+    history = mlflow.MlflowClient().get_metric_history(mv.run_id, "val_loss")
+    assert len(history) >= 2
+
+
+def test_model_card_and_artifacts_are_logged(two_runs, tmp_path: Path) -> None:
+    first, _, settings = two_runs
+    tracking.configure(settings)
+    version = tracking.get_alias("fraud-detector", "champion")
+    local = tracking.download_version(version, tmp_path)
+    assert {"model.safetensors", "model_config.json", "reference_stats.json"} <= {p.name for p in local.iterdir()}
+    card = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="evaluation/model_card.md",
+                                                    dst_path=str(tmp_path)))
+    text = card.read_text()
+    for section in ("## Intended use", "## Data", "## Features", "## Metrics", "## Limits", "rule baseline"):
+        assert section in text
+    cards = list(first.pipeline_root.glob("*/evaluate/card"))
+    assert cards, "the KFP Markdown artifact of the model card is missing"
+
+
+def test_same_seed_gives_identical_metrics_and_the_second_model_is_challenger(two_runs) -> None:
+    first, second, _ = two_runs
+    assert second.summary["test_pr_auc"] == first.summary["test_pr_auc"]
+    assert second.summary["baseline_pr_auc"] == first.summary["baseline_pr_auc"]
+    assert second.summary["champion_pr_auc"] == pytest.approx(first.summary["test_pr_auc"])
+    assert second.summary["registered"] and second.summary["aliases"] == ["challenger"]
+    assert tracking.get_alias("fraud-detector", "champion").version == "1"
+    assert tracking.get_alias("fraud-detector", "challenger").version == "2"
