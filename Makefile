@@ -44,6 +44,7 @@ run: venv ## the main job: train, validate, register (and serve) on embedded def
 .PHONY: test
 test: venv services ## every test that can run on this machine
 	$(VENV)/bin/ruff check mlplatform components pipelines serving tests benchmarks feature_repo
+	$(VENV)/bin/ruff format --check mlplatform components pipelines serving tests benchmarks feature_repo
 	$(VENV)/bin/pytest -q
 
 .PHONY: compile

@@ -86,6 +86,12 @@ def apply_repo(store: FeatureStore, repo_path: Path) -> list[str]:
 
 def _parse_repo(repo_path: Path):  # -> feast.repo_contents.RepoContents
     """Import the repo's modules the way the `feast` CLI does (from inside the repo folder)."""
+    # Import afresh: apply_repo binds the imported sources to one data dir, and a module cached
+    # from an earlier apply in this process would carry the previous run's paths.
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(repo_path):
+            del sys.modules[name]
     previous_cwd = os.getcwd()
     sys.path.insert(0, str(repo_path))
     os.chdir(repo_path)

@@ -34,8 +34,15 @@ def test_first_run_registers_the_champion_with_lineage(two_runs) -> None:
     assert first.summary["test_pr_auc"] >= 1.5 * first.summary["baseline_pr_auc"]
     tracking.configure(settings)
     mv = mlflow.MlflowClient().get_model_version("fraud-detector", "1")
-    for tag in ("data_hash", "feature_service", "git_commit", "pipeline_run_id", "component_image",
-                "feature_version.customer_stats", "feature_version.fraud_model_v1"):
+    for tag in (
+        "data_hash",
+        "feature_service",
+        "git_commit",
+        "pipeline_run_id",
+        "component_image",
+        "feature_version.customer_stats",
+        "feature_version.fraud_model_v1",
+    ):
         assert mv.tags.get(tag), tag
     assert mv.tags["feature_service"] == "fraud_model_v1"
     assert len(mv.tags["data_hash"]) == 64
@@ -52,8 +59,11 @@ def test_model_card_and_artifacts_are_logged(two_runs, tmp_path: Path) -> None:
     version = tracking.get_alias("fraud-detector", "champion")
     local = tracking.download_version(version, tmp_path)
     assert {"model.safetensors", "model_config.json", "reference_stats.json"} <= {p.name for p in local.iterdir()}
-    card = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="evaluation/model_card.md",
-                                                    dst_path=str(tmp_path)))
+    card = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path="evaluation/model_card.md", dst_path=str(tmp_path)
+        )
+    )
     text = card.read_text()
     for section in ("## Intended use", "## Data", "## Features", "## Metrics", "## Limits", "rule baseline"):
         assert section in text

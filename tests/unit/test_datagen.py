@@ -88,4 +88,6 @@ def test_invalid_config_is_rejected_naming_the_field(kwargs: dict, message: str)
 
 def test_size_is_configurable() -> None:
     assert len(generate_transactions(GeneratorConfig(n_transactions=2_345))) == 2_345
-    assert np.isclose(generate_transactions(GeneratorConfig(n_transactions=5_000, fraud_rate=0.01)).is_fraud.mean(), 0.01, atol=0.002)
+    assert np.isclose(
+        generate_transactions(GeneratorConfig(n_transactions=5_000, fraud_rate=0.01)).is_fraud.mean(), 0.01, atol=0.002
+    )

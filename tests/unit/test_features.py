@@ -49,7 +49,9 @@ def test_customer_rows_become_visible_only_after_their_transaction(tx: pd.DataFr
 def test_merchant_rate_ignores_labels_younger_than_maturity(tx: pd.DataFrame) -> None:
     before = merchant_features(tx)
     # Flip every label in the last LABEL_MATURITY_DAYS days: no snapshot may change.
-    recent = tx["event_timestamp"] >= tx["event_timestamp"].max().floor("D") - pd.Timedelta(days=LABEL_MATURITY_DAYS - 1)
+    recent = tx["event_timestamp"] >= tx["event_timestamp"].max().floor("D") - pd.Timedelta(
+        days=LABEL_MATURITY_DAYS - 1
+    )
     flipped = tx.assign(is_fraud=np.where(recent, 1 - tx["is_fraud"], tx["is_fraud"]))
     after = merchant_features(flipped)
     pd.testing.assert_frame_equal(before, after)
@@ -87,9 +89,14 @@ def test_on_demand_features_are_finite_for_unknown_entities() -> None:
 
 
 def test_amount_far_above_usual_raises_ratio_and_zscore() -> None:
-    base = {"event_unix_s": [1.77e9] * 2, "cust_amount_avg_30d": [50.0] * 2, "cust_amount_std_30d": [10.0] * 2,
-            "cust_last_txn_unix_s": [1.77e9 - 60] * 2, "merchant_category": [1, 1],
-            **{f"cust_cat_share_{c}": [0.0] * 2 for c in range(8)}}
+    base = {
+        "event_unix_s": [1.77e9] * 2,
+        "cust_amount_avg_30d": [50.0] * 2,
+        "cust_amount_std_30d": [10.0] * 2,
+        "cust_last_txn_unix_s": [1.77e9 - 60] * 2,
+        "merchant_category": [1, 1],
+        **{f"cust_cat_share_{c}": [0.0] * 2 for c in range(8)},
+    }
     out = on_demand_features(pd.DataFrame({"amount": [50.0, 500.0], **base}))
     assert out.loc[1, "amount_log_ratio_30d"] > out.loc[0, "amount_log_ratio_30d"] + 2
     assert out.loc[1, "amount_zscore_30d"] > 10

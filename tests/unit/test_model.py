@@ -98,7 +98,10 @@ def test_amount_far_above_the_customers_usual_raises_the_score(prepared: Prepare
     legit = frame[frame["is_fraud"] == 0].head(2000)
     bigger = legit.assign(amount=legit["amount"] * 8)
     bigger[list(ON_DEMAND_FEATURES)] = on_demand_features(bigger)
-    assert predict_proba(trained.model, model_input(bigger)).mean() > 2 * predict_proba(trained.model, model_input(legit)).mean()
+    assert (
+        predict_proba(trained.model, model_input(bigger)).mean()
+        > 2 * predict_proba(trained.model, model_input(legit)).mean()
+    )
 
 
 def test_training_rejects_mismatched_inputs() -> None:

@@ -77,9 +77,15 @@ def _broken(prepared: Prepared, tmp_path: Path, mutate) -> dict[str, Path]:
     ("mutate", "message"),
     [
         (lambda f: f.__setitem__("amount", -f["amount"]), r"train\.amount: .* outside .* \(range\)"),
-        (lambda f: f.__setitem__("amount_log", np.where(f.index < 10, np.nan, f["amount_log"])), r"train\.amount_log: .* nulls, none allowed \(nulls\)"),
+        (
+            lambda f: f.__setitem__("amount_log", np.where(f.index < 10, np.nan, f["amount_log"])),
+            r"train\.amount_log: .* nulls, none allowed \(nulls\)",
+        ),
         (lambda f: f.__setitem__("is_fraud", 0), r"train\.is_fraud: fraud rate 0\.0000 .* \(label balance\)"),
-        (lambda f: f.drop(columns=["merchant_fraud_rate_30d"], inplace=True), r"train\.merchant_fraud_rate_30d: required column is missing \(schema\)"),
+        (
+            lambda f: f.drop(columns=["merchant_fraud_rate_30d"], inplace=True),
+            r"train\.merchant_fraud_rate_30d: required column is missing \(schema\)",
+        ),
         (lambda f: f.__setitem__("cust_txn_count_7d", np.nan), r"train\.cust_txn_count_7d: 100\.00% nulls"),
     ],
     ids=["negative-amount", "null-request-feature", "no-fraud", "missing-column", "all-null-store-feature"],
@@ -101,7 +107,9 @@ def test_validation_flags_drift_against_the_champion_reference(prepared: Prepare
 
 
 def test_gate_reasons() -> None:
-    s = PlatformSettings(gate_min_roc_auc=0.8, gate_min_pr_auc=0.3, gate_min_baseline_ratio=1.2, gate_max_regression=0.02)
+    s = PlatformSettings(
+        gate_min_roc_auc=0.8, gate_min_pr_auc=0.3, gate_min_baseline_ratio=1.2, gate_max_regression=0.02
+    )
     good = {"roc_auc": 0.95, "pr_auc": 0.7}
     assert tracking.gate_reasons(good, 0.3, None, s) == []
     assert tracking.gate_reasons(good, 0.3, 0.71, s) == []
@@ -152,3 +160,17 @@ def test_failed_alias_write_leaves_no_half_registered_version(sqlite_mlflow: Pla
     with pytest.raises(RuntimeError, match="went away"):
         tracking.register_version("m", source, run_id, {}, [])
     assert mlflow.MlflowClient().search_model_versions("name='m'") == []
+
+
+def test_features_applied_twice_in_one_process_read_each_runs_own_sources(tmp_path: Path) -> None:
+    from components.features.step import run_features
+    from mlplatform import featurestore
+
+    for run in ("a", "b"):
+        settings = PlatformSettings(work_dir=tmp_path / run)
+        raw = tmp_path / f"{run}.parquet"
+        run_ingest(raw, n_transactions=2_000, n_days=10, seed=1)
+        run_features(raw, settings)
+        store = featurestore.open_store(settings.feast_repo, settings.feast_data)
+        source = store.get_feature_view("customer_stats").batch_source.path
+        assert source.startswith(str(settings.feast_data)), source

@@ -1,0 +1,1 @@
+"""Online inference (KServe predictor and Feast transformer): not built yet, see docs/architecture.md."""
