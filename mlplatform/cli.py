@@ -205,7 +205,8 @@ def pipeline_submit(
         run_id = submit(host, pkg, params, experiment, run_name)
     except Exception as exc:  # the KFP client raises ApiException, urllib3 and connection errors
         _fail(f"could not create the run on {host}: {exc}")
-    console.print(json.dumps({"run_id": run_id, "host": host, "experiment": experiment}))
+    # Plain print: one unwrapped JSON line that scripts can parse.
+    print(json.dumps({"run_id": run_id, "host": host, "experiment": experiment}))
 
 
 if __name__ == "__main__":

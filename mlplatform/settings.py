@@ -29,7 +29,8 @@ class PlatformSettings(BaseSettings):
     )
     mlflow_artifact_location: str | None = Field(
         default=None,
-        description="Artifact root for a new experiment; unset means <work_dir>/mlartifacts.",
+        description="Artifact root for a new experiment; unset means the tracking server's artifact store, "
+        "or <work_dir>/mlartifacts with a local (SQLite) backend.",
     )
     mlflow_experiment: str = Field(default="fraud-detection", description="MLflow experiment name.")
     mlflow_request_timeout_seconds: int = Field(default=30, ge=1, description="Timeout of one MLflow HTTP request.")
@@ -89,9 +90,17 @@ class PlatformSettings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.resolved_work_dir / 'mlflow.db'}"
 
     @property
-    def artifact_location(self) -> str:
-        """The artifact root used when the experiment is created."""
-        return self.mlflow_artifact_location or (self.resolved_work_dir / "mlartifacts").as_uri()
+    def artifact_location(self) -> str | None:
+        """The artifact root used when the experiment is created.
+
+        With a tracking server (http/https URI) and no explicit location, None: the server's own
+        artifact store (proxied), so that every pod reads the same artifacts.
+        """
+        if self.mlflow_artifact_location:
+            return self.mlflow_artifact_location
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.resolved_work_dir / "mlartifacts").as_uri()
 
     @property
     def feast_repo(self) -> Path:

@@ -74,7 +74,9 @@ def test_features_step_fills_postgres_registry_and_redis(redis_pg_store: RedisPg
 
     # The registry lives in the fresh PostgreSQL database, not in a file of the work dir.
     with psycopg.connect(s.db.libpq_url) as conn:
-        tables = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+        tables = {
+            r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        }
         assert {"feature_views", "entities", "feature_services", "on_demand_feature_views"} <= tables, tables
         views = {r[0] for r in conn.execute("SELECT feature_view_name FROM feature_views WHERE project_id = 'fraud'")}
     assert views == {"customer_stats", "merchant_stats"}

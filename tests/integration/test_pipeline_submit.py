@@ -133,7 +133,11 @@ def fake_kfp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeKf
 
     # No user context file (~/.config/kfp/context.json) may change what the client does.
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "no-kfp-context.json"))
-    for var in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME", "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME"):
+    for var in (
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
+        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
+    ):
         monkeypatch.delenv(var, raising=False)
     server = ThreadingHTTPServer(("127.0.0.1", 0), None)  # type: ignore[arg-type]
     state = FakeKfp(url=f"http://127.0.0.1:{server.server_address[1]}")
@@ -150,12 +154,18 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, ["pipeline", "submit", *args])
 
 
-def _last_json(text: str) -> dict[str, Any]:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    raise AssertionError(f"no JSON line in the output:\n{text}")
+def _printed_json(text: str) -> dict[str, Any]:
+    """The JSON object the command prints last.
+
+    The CLI prints it through rich, which wraps lines at the console width (80 columns when not a
+    terminal), so the object may span several lines: join them (whitespace between JSON tokens is
+    insignificant).
+    """
+    lines = text.strip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].lstrip().startswith("{"):
+            return json.loads("".join(lines[i:]))
+    raise AssertionError(f"no JSON object in the output:\n{text}")
 
 
 def test_submit_creates_experiment_and_run_with_compiled_spec(fake_kfp: FakeKfp) -> None:
@@ -165,7 +175,7 @@ def test_submit_creates_experiment_and_run_with_compiled_spec(fake_kfp: FakeKfp)
     runs = fake_kfp.posted(f"{API}/runs")
     assert len(runs) == 1, fake_kfp.requests
     (run_id,) = fake_kfp.runs
-    printed = _last_json(result.stdout)
+    printed = _printed_json(result.stdout)
     assert printed == {"run_id": run_id, "host": fake_kfp.url, "experiment": "fraud-detection"}
 
     # The experiment was looked up by name, then created, and the run filed under it.
@@ -176,6 +186,10 @@ def test_submit_creates_experiment_and_run_with_compiled_spec(fake_kfp: FakeKfp)
 
     # The run carries the compiled pipeline spec (inline, not a pipeline version reference)...
     spec = run["pipeline_spec"]
+    # With a Kubernetes platform config the client sends {"pipeline_spec": ..., "platform_spec": ...}.
+    if "platform_spec" in spec:
+        assert spec["platform_spec"]["platforms"]
+        spec = spec["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "fraud-training"
     assert spec["root"]["dag"]["tasks"], "the compiled spec has no tasks"
     assert "deploymentSpec" in spec and spec["deploymentSpec"]["executors"]

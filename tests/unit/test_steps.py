@@ -174,3 +174,11 @@ def test_features_applied_twice_in_one_process_read_each_runs_own_sources(tmp_pa
         store = featurestore.open_store(settings.feast_repo, settings.feast_data)
         source = store.get_feature_view("customer_stats").batch_source.path
         assert source.startswith(str(settings.feast_data)), source
+
+
+def test_artifacts_go_to_the_tracking_server_unless_a_location_is_set(tmp_path: Path) -> None:
+    assert PlatformSettings(work_dir=tmp_path).artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    remote = PlatformSettings(work_dir=tmp_path, mlflow_tracking_uri="http://mlflow:5000")
+    assert remote.artifact_location is None
+    explicit = PlatformSettings(mlflow_tracking_uri="http://mlflow:5000", mlflow_artifact_location="s3://b/p")
+    assert explicit.artifact_location == "s3://b/p"
