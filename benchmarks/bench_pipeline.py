@@ -82,7 +82,7 @@ def bench(n: int, seed: int) -> dict:
             work / "eval",
         )
         result = timed(
-            "register", run_register, outcome.mlflow_run_id, report, ingest.data_hash, feats.versions, "bench", settings
+            "register", run_register, outcome.mlflow_run_id, report, ingest, feats.versions, "bench", settings
         )
         total_s = round(time.perf_counter() - total, 3)
     return {

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mlplatform.errors import ConfigError, MlPlatformError
+from mlplatform.params import PipelineParams, parse_params
+from mlplatform.settings import PlatformSettings
 
 app = typer.Typer(help="mlplatform: raw data to a registered fraud model and beyond.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Compile or submit the training pipeline.", no_args_is_help=True)
@@ -32,10 +34,9 @@ BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Rows per tr
 LearningRate = Annotated[float | None, typer.Option("--learning-rate", help="AdamW learning rate.")]
 
 
-def _params(**values: Any):  # -> PipelineParams
-    from mlplatform.params import parse_params
-
-    return parse_params({k: v for k, v in values.items() if v is not None})
+def _params(options: dict[str, Any]) -> PipelineParams:
+    """The pipeline parameters among a command's options; an option left out keeps the pipeline default."""
+    return parse_params({k: v for k, v in options.items() if k in PipelineParams.model_fields and v is not None})
 
 
 def _fail(exc: Exception) -> None:
@@ -62,22 +63,10 @@ def run(
 ) -> None:
     """Run the training pipeline locally (kfp.local) on embedded defaults and print a summary."""
     from mlplatform.runner import run_local
-    from mlplatform.settings import PlatformSettings
 
+    options = dict(locals())
     try:
-        params = _params(
-            n_transactions=n_transactions,
-            n_days=n_days,
-            seed=seed,
-            fraud_rate=fraud_rate,
-            drift=drift,
-            source_path=source_path,
-            validation_days=validation_days,
-            test_days=test_days,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-        )
+        params = _params(options)
         settings = PlatformSettings(work_dir=work_dir)
     except (ConfigError, ValueError) as exc:
         _fail(exc)
@@ -94,21 +83,11 @@ def run(
         raise typer.Exit(code=1)
 
 
-def print_summary(summary: dict[str, Any], settings: Any, pipeline_root: Path) -> None:
+def print_summary(summary: dict[str, Any], settings: PlatformSettings, pipeline_root: Path) -> None:
     """The end-of-run summary: data, metrics vs baseline, the registered version, where things are."""
-    import pandas as pd
-
-    from mlplatform import tracking
-
-    tracking.configure(settings)
     table = Table(title="Training run summary", show_header=False)
-    raw = sorted(pipeline_root.glob("*/ingest/raw"), key=lambda p: p.stat().st_mtime)
-    if raw:
-        df = pd.read_parquet(raw[-1], columns=["is_fraud"])
-        table.add_row(
-            "rows",
-            f"{len(df):,} transactions, {int(df['is_fraud'].sum()):,} fraud ({df['is_fraud'].mean():.2%})",
-        )
+    rows, fraud = summary["rows"], summary["fraud_rows"]
+    table.add_row("rows", f"{rows:,} transactions, {fraud:,} fraud ({fraud / max(rows, 1):.2%})")
     table.add_row("test PR-AUC (model)", f"{summary['test_pr_auc']:.4f}")
     table.add_row(
         "test PR-AUC (rule baseline)",
@@ -179,23 +158,12 @@ def pipeline_submit(
     from mlplatform.runner import submit
     from pipelines import compile_pipeline
 
+    options = dict(locals())
     try:
         parsed = urlparse(host)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"--host must be an http(s) URL such as http://localhost:8888, got {host!r}")
-        params = _params(
-            n_transactions=n_transactions,
-            n_days=n_days,
-            seed=seed,
-            fraud_rate=fraud_rate,
-            drift=drift,
-            source_path=source_path,
-            validation_days=validation_days,
-            test_days=test_days,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-        )
+        params = _params(options)
         if package is not None and not package.is_file():
             raise ConfigError(f"--package {package} does not exist")
     except ConfigError as exc:

@@ -75,9 +75,6 @@ class RuleBaseline:
         """The rule's ranking score (the signed feature): sweeping its threshold gives the PR curve."""
         return self.direction * pd.to_numeric(frame[self.feature]).fillna(0.0).to_numpy(np.float64)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.scores(frame) >= self.direction * self.threshold
-
 
 def fit_rule_baseline(frame: pd.DataFrame, y: np.ndarray, features: Sequence[str]) -> RuleBaseline:
     """Choose the single feature (and direction) with the best PR-AUC, and its best-F1 threshold."""

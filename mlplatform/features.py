@@ -114,10 +114,12 @@ def customer_features(transactions: pd.DataFrame) -> pd.DataFrame:
     n = len(tx)
     idx = np.arange(n)
 
+    # Start of each row's trailing window, per window length (shared by every aggregate over it).
+    window_start = {w: np.searchsorted(key, key - w, side="right") for w in set(CUSTOMER_WINDOWS_S.values())}
+
     def window_sum(values: np.ndarray, window_s: int) -> np.ndarray:
         csum = np.concatenate([np.zeros((1, *values.shape[1:])), np.cumsum(values, axis=0)])
-        left = np.searchsorted(key, key - window_s, side="right")
-        return csum[idx + 1] - csum[left]
+        return csum[idx + 1] - csum[window_start[window_s]]
 
     out = pd.DataFrame({"customer_id": cust})
     for name, w in CUSTOMER_WINDOWS_S.items():

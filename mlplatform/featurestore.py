@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from feast import FeatureStore, FileSource
 from feast.repo_config import load_repo_config
+from feast.repo_contents import RepoContents
 from feast.repo_operations import parse_repo
 
 from mlplatform.errors import ConfigError
@@ -84,7 +85,7 @@ def apply_repo(store: FeatureStore, repo_path: Path) -> list[str]:
     )
 
 
-def _parse_repo(repo_path: Path):  # -> feast.repo_contents.RepoContents
+def _parse_repo(repo_path: Path) -> RepoContents:
     """Import the repo's modules the way the `feast` CLI does (from inside the repo folder)."""
     # Import afresh: apply_repo binds the imported sources to one data dir, and a module cached
     # from an earlier apply in this process would carry the previous run's paths.

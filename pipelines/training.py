@@ -110,7 +110,7 @@ def training_pipeline(
     registered = register(
         mlflow_run_id=trained.outputs["Output"],
         evaluation=evaluated.outputs["Output"],
-        data_hash=raw.outputs["Output"],
+        ingest_summary=raw.outputs["Output"],
         feature_versions=feats.outputs["Output"],
         pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     ).set_display_name("register")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplatform.evaluation import evaluation_report, fit_rule_baseline
+from mlplatform.evaluation import binary_metrics, evaluation_report, fit_rule_baseline
 from mlplatform.features import MODEL_FEATURES, model_input
 from mlplatform.model import ModelConfig, load_model, predict_proba
 from mlplatform.settings import PlatformSettings
@@ -18,12 +18,14 @@ REPORT_FILE = "evaluation.json"
 MODEL_CARD_FILE = "model_card.md"
 
 
-def champion_scores(settings: PlatformSettings, x: np.ndarray) -> tuple[str, np.ndarray] | None:
-    """The current champion's version and its scores on `x`, None when there is no champion."""
+def champion_scores(model_name: str, x: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """The current champion's version and its scores on `x`, None when there is no champion.
+
+    MLflow must be configured (`tracking.configure`).
+    """
     from mlplatform import tracking
 
-    tracking.configure(settings)
-    champion = tracking.get_alias(settings.registered_model_name, tracking.CHAMPION)
+    champion = tracking.get_alias(model_name, tracking.CHAMPION)
     if champion is None:
         return None
     model, config = load_model(tracking.download_version(champion))
@@ -45,7 +47,8 @@ def model_card(report: dict[str, Any], config: ModelConfig, split_info: dict[str
         "authentication. Not for automated account closure or credit decisions.",
         "",
         "## Data",
-        f"- Validation rows: {split_info['validation_rows']}, test rows: {m['count']} ({m['positives']} fraud)",
+        f"- Training rows: {split_info['train_rows']}, validation rows: {split_info['validation_rows']}, "
+        f"test rows: {m['count']} ({m['positives']} fraud)",
         f"- Test window starts {split_info['test_start']}; splits are by time, features are point-in-time (Feast).",
         "",
         "## Features",
@@ -112,17 +115,16 @@ def run_evaluate(
     scores = predict_proba(model, x_test)
     baseline = fit_rule_baseline(val, val["is_fraud"].to_numpy(np.int64), MODEL_FEATURES)
     report = evaluation_report(test, y_test, scores, config.threshold, baseline)
-    champ = champion_scores(settings, x_test)
+    tracking.configure(settings)
+    champ = champion_scores(settings.registered_model_name, x_test)
     if champ is not None:
         version, champ_scores = champ
-        from mlplatform.evaluation import binary_metrics
-
         report["champion"] = {
             "version": version,
             **binary_metrics(y_test, champ_scores, config.threshold),
         }
     split_info = {
-        "train_rows": None,
+        "train_rows": config.metadata.get("train_rows", "n/a"),
         "validation_rows": len(val),
         "test_start": str(test["event_timestamp"].min()),
     }
@@ -130,7 +132,6 @@ def run_evaluate(
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     (out_dir / MODEL_CARD_FILE).write_text(model_card(report, config, split_info))
 
-    tracking.configure(settings)
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in report["model"].items() if isinstance(v, float)})
         mlflow.log_metrics({f"baseline_{k}": v for k, v in report["baseline"].items() if isinstance(v, float)})

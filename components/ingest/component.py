@@ -28,8 +28,9 @@ def ingest(
         raw: The snapshot (Parquet).
 
     Returns:
-        The snapshot's content hash.
+        What was ingested (JSON of IngestResult: content hash, rows, fraud rows, time window).
     """
+    import json
     from dataclasses import asdict
     from pathlib import Path
 
@@ -37,4 +38,4 @@ def ingest(
 
     result = run_ingest(Path(raw.path), n_transactions, n_days, seed, fraud_rate, drift, source_path)
     raw.metadata.update(asdict(result))
-    return result.data_hash
+    return json.dumps(asdict(result))

@@ -11,7 +11,7 @@ from mlplatform.settings import DEFAULT_COMPONENT_IMAGE
 def register(
     mlflow_run_id: str,
     evaluation: str,
-    data_hash: str,
+    ingest_summary: str,
     feature_versions: str,
     pipeline_run_id: str,
 ) -> NamedTuple("RegisterOutputs", [("registered", bool), ("version", str), ("summary", str)]):
@@ -20,7 +20,7 @@ def register(
     Args:
         mlflow_run_id: The training run.
         evaluation: The evaluation report (JSON).
-        data_hash: Content hash of the raw snapshot.
+        ingest_summary: What ingest produced (JSON: content hash, rows, time window).
         feature_versions: JSON of the feature view and service versions.
         pipeline_run_id: The pipeline run that produced the model.
 
@@ -31,13 +31,14 @@ def register(
     from collections import namedtuple
     from dataclasses import asdict
 
+    from components.ingest.step import IngestResult
     from components.register.step import run_register
     from mlplatform.settings import PlatformSettings
 
     result = run_register(
         mlflow_run_id,
         json.loads(evaluation),
-        data_hash,
+        IngestResult(**json.loads(ingest_summary)),
         json.loads(feature_versions),
         pipeline_run_id,
         PlatformSettings(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.ingest.step import IngestResult
 from mlplatform.errors import PromotionRejected
 from mlplatform.features import MODEL_FEATURES
 from mlplatform.featurestore import FEATURE_SERVICE
@@ -23,18 +24,22 @@ class RegisterResult:
     test_pr_auc: float = float("nan")
     baseline_pr_auc: float = float("nan")
     champion_pr_auc: float | None = None
+    rows: int = 0
+    fraud_rows: int = 0
 
 
 def lineage_tags(
     settings: PlatformSettings,
-    data_hash: str,
+    ingest: IngestResult,
     feature_versions: dict[str, str],
     pipeline_run_id: str,
     report: dict[str, Any],
 ) -> dict[str, str]:
     """Tags that tie a model version to its data, features, code, run and image."""
     tags = {
-        "data_hash": data_hash,
+        "data_hash": ingest.data_hash,
+        "data_rows": str(ingest.rows),
+        "data_window": f"{ingest.start}/{ingest.end}",
         "feature_service": FEATURE_SERVICE,
         "features": ",".join(MODEL_FEATURES),
         "git_commit": settings.git_commit or "unknown",
@@ -52,7 +57,7 @@ def lineage_tags(
 def run_register(
     mlflow_run_id: str,
     report: dict[str, Any],
-    data_hash: str,
+    ingest: IngestResult,
     feature_versions: dict[str, str],
     pipeline_run_id: str,
     settings: PlatformSettings,
@@ -71,10 +76,12 @@ def run_register(
         "test_pr_auc": report["model"]["pr_auc"],
         "baseline_pr_auc": report["baseline"]["pr_auc"],
         "champion_pr_auc": champion_pr_auc,
+        "rows": ingest.rows,
+        "fraud_rows": ingest.fraud_rows,
     }
     run = mlflow.get_run(mlflow_run_id)
     source = f"{run.info.artifact_uri}/model"
-    tags = lineage_tags(settings, data_hash, feature_versions, pipeline_run_id, report)
+    tags = lineage_tags(settings, ingest, feature_versions, pipeline_run_id, report)
     client = mlflow.MlflowClient()
     try:
         version = tracking.register_version(settings.registered_model_name, source, mlflow_run_id, tags, reasons)

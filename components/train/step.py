@@ -92,7 +92,11 @@ def run_train(
         result = train_model(model_config, x_tr, y_tr, x_va, y_va, config, on_epoch=log_epoch)
         val_scores = predict_proba(result.model, x_va)
         model_config.threshold = choose_threshold(y_va, val_scores)
-        model_config.metadata = {"mlflow_run_id": run.info.run_id, "best_epoch": result.best_epoch}
+        model_config.metadata = {
+            "mlflow_run_id": run.info.run_id,
+            "best_epoch": result.best_epoch,
+            "train_rows": len(train),
+        }
         ref = reference_stats(x_tr, MODEL_FEATURES, predict_proba(result.model, x_tr))
         save_model(result.model, model_config, model_dir, ref)
         mlflow.log_artifacts(str(model_dir), artifact_path="model")

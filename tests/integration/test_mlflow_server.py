@@ -175,7 +175,7 @@ def test_registers_first_version_as_champion_with_lineage(
     result = run_register(
         trained.outcome.mlflow_run_id,
         trained.report,
-        trained.ingest.data_hash,
+        trained.ingest,
         trained.feature_versions,
         "test-run",
         settings,
@@ -222,7 +222,7 @@ def test_rejected_model_creates_no_version(mlflow_server: MlflowServer, trained:
     result = run_register(
         trained.outcome.mlflow_run_id,
         trained.report,
-        trained.ingest.data_hash,
+        trained.ingest,
         trained.feature_versions,
         "test-run-rejected",
         settings,
