@@ -105,7 +105,11 @@ def _merchants(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 def _hours(rng: np.random.Generator, n: int, night_share: np.ndarray) -> np.ndarray:
     """Seconds within the day: night (0-6h) with the given probability, else a daytime curve."""
     night = rng.random(n) < night_share
-    day_seconds = np.clip(rng.normal(14.5 * 3600, 3.5 * 3600, n), 6 * 3600, 24 * 3600 - 1)
+    day_seconds = rng.normal(14.5 * 3600, 3.5 * 3600, n)
+    # Reflect the tails into 06:00-24:00 (clipping would pile transactions up at exactly 06:00).
+    day_seconds = np.where(day_seconds < 6 * 3600, 12 * 3600 - day_seconds, day_seconds)
+    day_seconds = np.where(day_seconds >= 24 * 3600, 48 * 3600 - day_seconds - 1, day_seconds)
+    day_seconds = np.clip(day_seconds, 6 * 3600, 24 * 3600 - 1)
     night_seconds = rng.uniform(0, 6 * 3600, n)
     return np.where(night, night_seconds, day_seconds)
 

@@ -141,6 +141,10 @@ def customer_features(transactions: pd.DataFrame) -> pd.DataFrame:
     for col in CUSTOMER_FEATURES:
         if col.startswith("cust_txn_count"):
             out[col] = out[col].round().astype(np.int64)
+    # Transactions of one customer at the same instant: keep the row that includes them all, so a
+    # point-in-time join never has to choose between two rows with one timestamp (it would pick
+    # either, and training sets would differ between runs).
+    out = out.drop_duplicates(["customer_id", "event_timestamp"], keep="last")
     return out[["customer_id", "event_timestamp", *CUSTOMER_FEATURES]].reset_index(drop=True)
 
 

@@ -47,6 +47,14 @@ def test_fraud_shows_the_documented_patterns(tx: pd.DataFrame) -> None:
     assert (gaps < pd.Timedelta(minutes=30)).mean() > 0.3
 
 
+def test_no_pile_up_of_transactions_at_one_instant(tx: pd.DataFrame) -> None:
+    seconds = (
+        tx["event_timestamp"].dt.hour * 3600 + tx["event_timestamp"].dt.minute * 60 + tx["event_timestamp"].dt.second
+    )
+    assert (seconds == 6 * 3600).sum() <= 3  # the edge of the daytime curve is not a pile-up
+    assert not tx.duplicated(["customer_id", "event_timestamp"]).any()
+
+
 def test_same_seed_gives_identical_data() -> None:
     a = generate_transactions(GeneratorConfig(n_transactions=5_000, seed=3))
     b = generate_transactions(GeneratorConfig(n_transactions=5_000, seed=3))

@@ -42,8 +42,25 @@ def test_customer_windows_match_a_brute_force_count(tx: pd.DataFrame) -> None:
 
 def test_customer_rows_become_visible_only_after_their_transaction(tx: pd.DataFrame) -> None:
     feats = customer_features(tx)
-    own = tx.sort_values(["customer_id", "event_timestamp"], kind="stable")["event_timestamp"].to_numpy()
-    assert (feats["event_timestamp"].to_numpy() > own).all()
+    own = tx.drop_duplicates(["customer_id", "event_timestamp"]).sort_values(["customer_id", "event_timestamp"])
+    assert (feats["event_timestamp"].to_numpy() > own["event_timestamp"].to_numpy()).all()
+    assert (feats["customer_id"].to_numpy() == own["customer_id"].to_numpy()).all()
+
+
+def test_simultaneous_transactions_give_one_row_that_counts_them_all() -> None:
+    t = pd.Timestamp("2026-01-05 12:00", tz="UTC")
+    tx = pd.DataFrame(
+        {
+            "customer_id": [1, 1, 1],
+            "merchant_category": [0, 1, 1],
+            "amount": [10.0, 20.0, 30.0],
+            "event_timestamp": [t - pd.Timedelta(minutes=30), t, t],
+        }
+    )
+    feats = customer_features(tx)
+    assert len(feats) == 2  # one row per distinct instant: a point-in-time join never sees a tie
+    last = feats.iloc[-1]
+    assert last["cust_txn_count_1h"] == 3 and last["cust_amount_avg_30d"] == pytest.approx(20.0)
 
 
 def test_merchant_rate_ignores_labels_younger_than_maturity(tx: pd.DataFrame) -> None:
