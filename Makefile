@@ -42,10 +42,14 @@ run: venv ## the main job: train, validate, register (and serve) on embedded def
 	$(VENV)/bin/mlplatform run --work-dir $(RUN_DIR)
 
 .PHONY: test
-test: venv services ## every test that can run on this machine
+test: venv services tools ## every test that can run on this machine
 	$(VENV)/bin/ruff check mlplatform components pipelines serving tests benchmarks feature_repo
 	$(VENV)/bin/ruff format --check mlplatform components pipelines serving tests benchmarks feature_repo
 	$(VENV)/bin/pytest -q
+
+.PHONY: tools
+tools: ## build helm, kubeconform, kustomize (Go, pinned) and checkov into .tools/ (fast when built)
+	bash scripts/tools.sh
 
 .PHONY: compile
 compile: venv ## compile the training pipeline to build/training_pipeline.yaml
