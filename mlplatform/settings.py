@@ -53,6 +53,12 @@ class PlatformSettings(BaseSettings):
         "unset means <work_dir>/feast.",
     )
     component_image: str = Field(default=DEFAULT_COMPONENT_IMAGE, description="Image the pipeline components run in.")
+    checkpoint_root: Path | None = Field(
+        default=None,
+        description="Root of training checkpoints; a run checkpoints under <root>/<pipeline run name>/train so that "
+        "a retried train task resumes. On a cluster a volume that outlives the pod (a PVC); unset means "
+        "<work_dir>/checkpoints.",
+    )
     git_commit: str | None = Field(default=None, description="Commit of the code that trained a model (a lineage tag).")
     gate_min_roc_auc: float = Field(
         default=0.85, ge=0, le=1, description="Promotion gate: lowest acceptable test ROC-AUC."
@@ -101,6 +107,14 @@ class PlatformSettings(BaseSettings):
         if self.tracking_uri.startswith(("http://", "https://")):
             return None
         return (self.resolved_work_dir / "mlartifacts").as_uri()
+
+    def checkpoint_dir(self, run_key: str, task: str = "train") -> Path:
+        """Where `task` of the pipeline run `run_key` (its unique name, the same for every retry) checkpoints."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_key).strip(".")
+        if not safe:
+            raise ValueError(f"cannot derive a checkpoint directory from the run key {run_key!r}")
+        root = self.checkpoint_root or self.resolved_work_dir / "checkpoints"
+        return root.expanduser().resolve() / safe / task
 
     @property
     def feast_repo(self) -> Path:
