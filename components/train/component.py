@@ -27,7 +27,7 @@ def train(
         batch_size: Rows per step.
         learning_rate: AdamW learning rate.
         seed: Seed of every random generator.
-        run_name: MLflow run name.
+        run_name: MLflow run name; the pipeline job name, which also keys the checkpoints a retry resumes from.
         model: The model directory (safetensors weights, config, reference statistics).
         metrics: Training metrics for the Kubeflow UI.
 
@@ -41,14 +41,17 @@ def train(
     from mlplatform.settings import PlatformSettings
     from mlplatform.training import TrainConfig
 
+    settings = PlatformSettings()
     config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
     outcome = run_train(
         Path(train.path),
         Path(validation.path),
         Path(model.path),
         config,
-        PlatformSettings(),
+        settings,
         run_name=run_name or None,
+        # The pipeline job name is unique per run and the same for every retry: a retry resumes.
+        checkpoint_dir=settings.checkpoint_dir(run_name) if run_name else None,
     )
     for key in ("best_epoch", "epochs_run", "final_train_loss", "best_val_loss", "threshold"):
         metrics.log_metric(key, float(getattr(outcome, key)))
