@@ -60,8 +60,11 @@ def run(
     max_epochs: MaxEpochs = None,
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the champion afterwards and show a few predictions.")
+    ] = True,
 ) -> None:
-    """Run the training pipeline locally (kfp.local) on embedded defaults and print a summary."""
+    """Run the training pipeline locally (kfp.local), then serve the champion and show real predictions."""
     from mlplatform.runner import run_local
 
     options = dict(locals())
@@ -81,6 +84,73 @@ def run(
     print_summary(result.summary, result.settings, result.pipeline_root)
     if not result.summary["registered"]:
         raise typer.Exit(code=1)
+    if serve:
+        _demo_serving(result.settings)
+
+
+def demo_transactions(settings: PlatformSettings, n: int = 4) -> list[dict[str, Any]]:
+    """A few transactions of known customers and merchants, just after the served data ends."""
+    import pandas as pd
+
+    from mlplatform.featurestore import source_dir
+
+    customers = pd.read_parquet(source_dir(settings.feast_data) / "customer_stats.parquet")
+    merchants = pd.read_parquet(source_dir(settings.feast_data) / "merchant_stats.parquet")
+    last = customers.sort_values("event_timestamp").groupby("customer_id").tail(1).tail(n)
+    risky = merchants.sort_values("event_timestamp").groupby("merchant_id").tail(1)
+    risky = risky.sort_values("merchant_fraud_rate_30d", ascending=False)
+    when = customers["event_timestamp"].max() + pd.Timedelta(minutes=5)
+    out = []
+    for i, row in enumerate(last.itertuples()):
+        ordinary = i % 2 == 0
+        merchant = int(risky["merchant_id"].iloc[-1 - i] if ordinary else risky["merchant_id"].iloc[i])
+        amount = round(float(row.cust_amount_avg_30d) if ordinary else float(row.cust_amount_avg_30d) * 12 + 500, 2)
+        out.append(
+            {
+                "transaction_id": f"demo-{i}",
+                "customer_id": int(row.customer_id),
+                "merchant_id": merchant,
+                "amount": max(amount, 1.0),
+                "timestamp": (when + pd.Timedelta(seconds=i)).isoformat(),
+            }
+        )
+    return out
+
+
+def _demo_serving(settings: PlatformSettings) -> None:
+    """Serve the champion locally, score a few transactions through the endpoint, print a curl example."""
+    import httpx
+
+    from mlplatform.deploy import serve_local
+
+    console.rule("[bold]serving the champion locally (KServe transformer + predictor, Feast online store)")
+    try:
+        deployed, service = serve_local(settings, "champion")
+    except Exception as exc:  # ArtifactInvalid, ServingStartError, ConfigError
+        _fail(f"could not serve the champion: {exc}")
+    with service:
+        body = {"instances": demo_transactions(settings)}
+        response = httpx.post(service.predict_url, json=body, timeout=10).json()
+        table = Table(title=f"predictions of models:/{deployed.model_name} version {deployed.model_version}")
+        for col in ("transaction", "customer", "merchant", "amount", "score", "fraud?", "flags"):
+            table.add_column(col)
+        for tx, p in zip(body["instances"], response["predictions"], strict=True):
+            table.add_row(
+                tx["transaction_id"],
+                str(tx["customer_id"]),
+                str(tx["merchant_id"]),
+                f"{tx['amount']:,.2f}",
+                f"{p['score']:.4f}",
+                "yes" if p["is_fraud"] else "no",
+                ",".join(p["flags"]) or "-",
+            )
+        console.print(table)
+        example = json.dumps({"instances": body["instances"][:1]})
+        console.print("Keep the endpoint up with [bold]mlplatform serve --port 8080[/] and call it:")
+        print(
+            "curl -s -H 'Content-Type: application/json' "
+            f"http://127.0.0.1:8080/v1/models/{deployed.model_name}:predict -d '{example}'"
+        )
 
 
 def print_summary(summary: dict[str, Any], settings: PlatformSettings, pipeline_root: Path) -> None:
@@ -110,6 +180,91 @@ def print_summary(summary: dict[str, Any], settings: PlatformSettings, pipeline_
     )
     table.add_row("pipeline artifacts", str(pipeline_root))
     console.print(table)
+
+
+WorkDir = Annotated[Path, typer.Option("--work-dir", help="Folder of local state (as given to `run`).")]
+Alias = Annotated[str, typer.Option("--alias", help="Registry alias to deploy (models:/fraud-detector@ALIAS).")]
+
+
+@app.command()
+def deploy(
+    alias: Alias = "champion",
+    target: Annotated[
+        str | None, typer.Option("--target", help="local or cluster (default: MLPLATFORM_DEPLOY_TARGET, local).")
+    ] = None,
+    canary_percent: Annotated[
+        int | None, typer.Option("--canary-percent", min=0, max=100, help="Traffic share of this version.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the InferenceService; apply nothing.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the service is Ready.")] = True,
+    work_dir: WorkDir = Path(".mlplatform"),
+    port: Annotated[int, typer.Option("--port", help="Local transformer port.")] = 8080,
+) -> None:
+    """Deploy the version behind a registry alias: an InferenceService on a cluster, or processes on localhost."""
+    import yaml
+
+    from mlplatform import deploy as deploying
+
+    try:
+        settings = PlatformSettings(work_dir=work_dir, **({"deploy_target": target} if target else {}))
+        if dry_run:
+            version = deploying.resolve(settings, alias)
+            uri = (
+                deploying.storage_uri(version.source, settings)
+                if settings.deploy_target == "cluster"
+                else deploying.prepare_local(settings, version).as_uri()
+            )
+            print(yaml.safe_dump(deploying.render_manifest(settings, version, uri, canary_percent), sort_keys=False))
+            return
+        if settings.deploy_target == "local":
+            _serve_until_interrupted(settings, alias, port)
+            return
+        result = deploying.deploy(settings, alias, canary_percent, wait=wait)
+    except (MlPlatformError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    print(json.dumps({k: v for k, v in json.loads(result.to_json()).items() if k != "manifest"}))
+
+
+@app.command()
+def serve(
+    alias: Alias = "champion",
+    port: Annotated[int, typer.Option("--port", help="Port of the endpoint (the transformer).")] = 8080,
+    work_dir: WorkDir = Path(".mlplatform"),
+) -> None:
+    """Serve a registered version on localhost (transformer + predictor) until Ctrl-C."""
+    try:
+        settings = PlatformSettings(work_dir=work_dir)
+    except ValueError as exc:
+        _fail(exc)
+    _serve_until_interrupted(settings, alias, port)
+
+
+def _serve_until_interrupted(settings: PlatformSettings, alias: str, port: int) -> None:
+    import signal
+    import threading
+
+    from mlplatform.deploy import serve_local
+
+    try:
+        deployed, service = serve_local(settings, alias, port=port)
+    except Exception as exc:  # ArtifactInvalid, ServingStartError, ConfigError
+        _fail(exc)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(
+        f"serving models:/{deployed.model_name} version {deployed.model_version} ({alias}) at "
+        f"{service.predict_url}\n  metrics: {service.url}/metrics   logs: {service.log_dir}   Ctrl-C stops"
+    )
+    try:
+        while not stop.wait(1.0):
+            if any(p.poll() is not None for p in service.processes.values()):
+                err_console.print(f"[red]a serving process exited; see {service.log_dir}[/]")
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        codes = service.stop()
+        console.print(f"stopped ({codes})")
 
 
 @pipeline_app.command("compile")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -204,48 +204,98 @@ def merchant_features(transactions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+#: Inputs of the on-demand feature view besides the request fields.
+ON_DEMAND_INPUTS: tuple[str, ...] = (
+    "cust_amount_avg_30d",
+    "cust_amount_std_30d",
+    "cust_last_txn_unix_s",
+    "merchant_category",
+    *CATEGORY_SHARE_COLUMNS,
+)
+
+
+def _f64(values: object) -> np.ndarray:
+    """Values as float64, None and non-numbers as NaN (what `pd.to_numeric(errors="coerce")` gives)."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
+
+
+def _fill(values: np.ndarray, default: float) -> np.ndarray:
+    """NaN replaced by `default` (infinities kept, like `Series.fillna`)."""
+    return np.where(np.isnan(values), default, values)
+
+
+def on_demand_arrays(inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Request-time features on column arrays: the one implementation behind `on_demand_features`.
+
+    The online transformer calls it directly (a pandas frame per request costs milliseconds); the
+    offline store calls it through `on_demand_features`. Missing history (an unknown customer,
+    expired features) gives neutral values rather than NaN.
+
+    Args:
+        inputs: Column name -> values, for `REQUEST_FIELDS` and `ON_DEMAND_INPUTS` (None = missing).
+
+    Returns:
+        The columns of `ON_DEMAND_FEATURES`, float64.
+    """
+    amount = _f64(inputs["amount"])
+    now = _f64(inputs["event_unix_s"])
+    avg = _f64(inputs["cust_amount_avg_30d"])
+    std = _f64(inputs["cust_amount_std_30d"])
+    last = _f64(inputs["cust_last_txn_unix_s"])
+    known = ~np.isnan(avg) & (avg > 0)
+    avg_f = np.where(known, avg, amount)
+    std_f = _fill(np.where(known, std, 0.0), 0.0)
+    category = _f64(inputs["merchant_category"])
+    shares = np.column_stack([_fill(_f64(inputs[c]), 0.0) for c in CATEGORY_SHARE_COLUMNS])
+    cat_idx = np.where(np.isnan(category), -1, category).astype(np.int64)
+    valid_cat = (cat_idx >= 0) & (cat_idx < N_CATEGORIES)
+    share = np.where(valid_cat, shares[np.arange(len(cat_idx)), np.clip(cat_idx, 0, N_CATEGORIES - 1)], 0.0)
+    since = np.clip(np.where(np.isnan(last), 30.0 * DAY_S, now - last), 0.0, None)
+    hour = np.floor((now % DAY_S) / 3_600)
+    return {
+        "amount_log": np.log1p(np.clip(amount, 0.0, None)),
+        "amount_log_ratio_30d": np.log((amount + 1.0) / (avg_f + 1.0)),
+        "amount_zscore_30d": np.clip((amount - avg_f) / (std_f + 0.1 * avg_f + 1.0), -50, 50),
+        "is_night": (hour < 6).astype(np.float64),
+        "category_share_30d": share.astype(np.float64),
+        "log_seconds_since_last": np.log1p(since),
+    }
+
+
 def on_demand_features(inputs: pd.DataFrame) -> pd.DataFrame:
     """Request-time features: the transaction against the customer's history and the merchant.
 
     This is the body of the Feast on-demand feature view, so training (offline store) and serving
-    (online store) compute it with the same code. Missing history (an unknown customer, expired
-    features) gives neutral values rather than NaN.
+    (online store, through `on_demand_arrays`) compute it with the same code.
 
     Args:
-        inputs: The request fields (`REQUEST_FIELDS`) plus the customer and merchant features.
+        inputs: The request fields (`REQUEST_FIELDS`) plus `ON_DEMAND_INPUTS`.
 
     Returns:
         The columns of `ON_DEMAND_FEATURES`, float64, one row per input row.
     """
-    amount = pd.to_numeric(inputs["amount"], errors="coerce").astype("float64")
-    now = pd.to_numeric(inputs["event_unix_s"], errors="coerce").astype("float64")
-    avg = pd.to_numeric(inputs["cust_amount_avg_30d"], errors="coerce").astype("float64")
-    std = pd.to_numeric(inputs["cust_amount_std_30d"], errors="coerce").astype("float64")
-    last = pd.to_numeric(inputs["cust_last_txn_unix_s"], errors="coerce").astype("float64")
-    known = avg.notna() & (avg > 0)
-    avg_f = avg.where(known, amount)
-    std_f = std.where(known, 0.0).fillna(0.0)
-    category = pd.to_numeric(inputs["merchant_category"], errors="coerce")
-    shares = np.column_stack(
-        [pd.to_numeric(inputs[c], errors="coerce").astype("float64").fillna(0.0) for c in CATEGORY_SHARE_COLUMNS]
-    )
-    cat_idx = category.fillna(-1).astype(np.int64).to_numpy()
-    valid_cat = (cat_idx >= 0) & (cat_idx < N_CATEGORIES)
-    share = np.where(valid_cat, shares[np.arange(len(cat_idx)), np.clip(cat_idx, 0, N_CATEGORIES - 1)], 0.0)
-    since = (now - last).where(last.notna(), 30.0 * DAY_S).clip(lower=0.0)
-    hour = np.floor((now % DAY_S) / 3_600)
-    out = pd.DataFrame(
-        {
-            "amount_log": np.log1p(amount.clip(lower=0.0)),
-            "amount_log_ratio_30d": np.log((amount + 1.0) / (avg_f + 1.0)),
-            "amount_zscore_30d": ((amount - avg_f) / (std_f + 0.1 * avg_f + 1.0)).clip(-50, 50),
-            "is_night": (hour < 6).astype("float64"),
-            "category_share_30d": share,
-            "log_seconds_since_last": np.log1p(since),
-        },
-        index=inputs.index,
-    )
-    return out.astype("float64")
+    columns = {
+        c: pd.to_numeric(inputs[c], errors="coerce").to_numpy(np.float64) for c in (*REQUEST_FIELDS, *ON_DEMAND_INPUTS)
+    }
+    return pd.DataFrame(on_demand_arrays(columns), index=inputs.index).astype("float64")
+
+
+def model_input_arrays(columns: Mapping[str, object], feature_names: Sequence[str] = MODEL_FEATURES) -> np.ndarray:
+    """The model's input matrix from column arrays: features in model order, missing values set to defaults.
+
+    Raises:
+        KeyError: When a model feature is absent from `columns`.
+    """
+    missing = [f for f in feature_names if f not in columns]
+    if missing:
+        raise KeyError(f"model features missing from the feature frame: {missing}")
+    cols = [_fill(_f64(columns[f]), FEATURE_DEFAULTS.get(f, 0.0)) for f in feature_names]
+    if not cols:
+        return np.empty((0, 0), np.float32)
+    return np.column_stack(cols).astype(np.float32)
 
 
 def model_input(frame: pd.DataFrame, feature_names: Sequence[str] = MODEL_FEATURES) -> np.ndarray:
@@ -257,11 +307,10 @@ def model_input(frame: pd.DataFrame, feature_names: Sequence[str] = MODEL_FEATUR
     missing = [f for f in feature_names if f not in frame.columns]
     if missing:
         raise KeyError(f"model features missing from the feature frame: {missing}")
-    cols = []
-    for f in feature_names:
-        col = pd.to_numeric(frame[f], errors="coerce").astype("float64")
-        cols.append(col.fillna(FEATURE_DEFAULTS.get(f, 0.0)).to_numpy())
-    return np.column_stack(cols).astype(np.float32) if cols else np.empty((len(frame), 0), np.float32)
+    x = model_input_arrays(
+        {f: pd.to_numeric(frame[f], errors="coerce").to_numpy(np.float64) for f in feature_names}, feature_names
+    )
+    return x if feature_names else np.empty((len(frame), 0), np.float32)
 
 
 def request_fields(transactions: pd.DataFrame) -> pd.DataFrame:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The image every pipeline component runs in on a cluster (built from images/components.Dockerfile).
 DEFAULT_COMPONENT_IMAGE = "ghcr.io/mlplatform/mlplatform-components:0.1.0"
+#: The image the serving transformer and predictor run in (built from images/serving.Dockerfile).
+DEFAULT_SERVING_IMAGE = "ghcr.io/mlplatform/mlplatform-serving:0.1.0"
 
 
 class PlatformSettings(BaseSettings):
@@ -60,6 +63,31 @@ class PlatformSettings(BaseSettings):
         "<work_dir>/checkpoints.",
     )
     git_commit: str | None = Field(default=None, description="Commit of the code that trained a model (a lineage tag).")
+    deploy_target: Literal["local", "cluster"] = Field(
+        default="local",
+        description="Where deploy puts a model: local (artifact prepared for `mlplatform serve`) or cluster "
+        "(InferenceService applied through the Kubernetes API).",
+    )
+    deploy_namespace: str = Field(default="mlplatform", description="Namespace of the InferenceService.")
+    deploy_ready_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="How long deploy waits for the InferenceService to become Ready."
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        default=None,
+        description="The tracking server's --artifacts-destination (e.g. s3://mlflow); maps mlflow-artifacts:/ "
+        "model sources to a storageUri KServe's storage initializer can fetch.",
+    )
+    serving_image: str = Field(default=DEFAULT_SERVING_IMAGE, description="Image of the serving transformer.")
+    serving_feast_redis: str = Field(
+        default="redis:6379", description="host:port of the Feast online store for the transformer."
+    )
+    serving_feast_registry_secret: str = Field(
+        default="mlplatform-feast-registry",
+        description="Secret with the Feast registry's SQLAlchemy URL (key url) for the transformer.",
+    )
+    serving_auth_token_secret: str | None = Field(
+        default=None, description="Secret with the endpoint's bearer token (key token); unset: no token check."
+    )
     gate_min_roc_auc: float = Field(
         default=0.85, ge=0, le=1, description="Promotion gate: lowest acceptable test ROC-AUC."
     )

@@ -1,7 +1,8 @@
-"""The training pipeline: ingest -> features -> training set -> validate -> train -> evaluate -> register."""
+"""The training pipeline: ingest -> features -> training set -> validate -> train -> evaluate -> register -> deploy."""
 
 from kfp import dsl, kubernetes
 
+from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.features.component import features
 from components.ingest.component import ingest
@@ -18,7 +19,7 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_ACCELERATOR = "nvidia.com/gpu"
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate and register the fraud model.")
+@dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate, register and deploy the fraud model.")
 def training_pipeline(
     n_transactions: int = DEFAULTS.n_transactions,
     n_days: int = DEFAULTS.n_days,
@@ -116,4 +117,8 @@ def training_pipeline(
     ).set_display_name("register")
     registered.set_caching_options(False)
     registered.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
+
+    deployed = deploy(registered=registered.outputs["registered"], alias="champion").set_display_name("deploy")
+    deployed.set_caching_options(False)  # applies the InferenceService: a side effect
+    deployed.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
     return registered.outputs["summary"]

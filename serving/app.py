@@ -1,0 +1,128 @@
+"""What both serving processes add to KServe's FastAPI app: error statuses, bearer auth, a body size limit."""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from kserve import Model, ModelServer, model_server
+
+from serving.errors import install_handlers
+from serving.settings import ServingSettings
+
+#: Largest request body accepted (bytes); a batch of max_batch_size transactions is far smaller.
+MAX_BODY_BYTES = 1024 * 1024
+#: Paths that run a model and so need the token when one is set (health and metrics stay open).
+_PROTECTED_PREFIXES = ("/v1/models/", "/v2/models/")
+
+
+def _is_inference(path: str) -> bool:
+    return path.startswith(_PROTECTED_PREFIXES) and (path.endswith(":predict") or path.endswith("/infer"))
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware: 401 without the bearer token (when configured), 413 for oversize bodies.
+
+    Args:
+        app: The wrapped ASGI app.
+        token: Required bearer token, or None for no check.
+        max_body_bytes: Largest accepted body.
+    """
+
+    def __init__(self, app: Any, token: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    async def _reject(self, send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                + headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.token is not None and _is_inference(scope["path"]):
+            supplied = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(supplied, b"Bearer " + self.token):
+                await self._reject(
+                    send,
+                    401,
+                    "missing or wrong bearer token (Authorization: Bearer <token>)",
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await self._reject(send, 413, f"request body larger than {self.max_body_bytes} bytes", [])
+            return
+        if length is None and scope["method"] in ("POST", "PUT"):
+            await self.app(scope, self._limited(receive), send)
+            return
+        await self.app(scope, receive, send)
+
+    def _limited(self, receive: Any) -> Any:
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def wrapped() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return wrapped
+
+
+class BodyTooLarge(ValueError):
+    """A chunked body grew past the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+
+
+def prepare_app(settings: ServingSettings, app: FastAPI | None = None) -> FastAPI:
+    """Install the error handlers and the guard on KServe's app (before `ModelServer.start`)."""
+    app = app or model_server.app
+    install_handlers(app)
+
+    async def _too_large(_: Any, exc: Exception) -> Any:
+        from fastapi.responses import ORJSONResponse
+
+        return ORJSONResponse(status_code=413, content={"error": str(exc)})
+
+    app.add_exception_handler(BodyTooLarge, _too_large)
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    app.add_middleware(GuardMiddleware, token=token)
+    return app
+
+
+def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> None:
+    """Run KServe's model server for `model` (loaded) with our app additions, until SIGTERM/SIGINT."""
+    prepare_app(settings)
+    server = ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=args.enable_grpc,
+        enable_latency_logging=args.enable_latency_logging and settings.access_log,
+    )
+    if not settings.access_log:  # after ModelServer, which (re)configures logging
+        for name in ("uvicorn.access", "kserve.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    server.start([model])

@@ -1,0 +1,214 @@
+"""The fraud model's KServe InferenceService: rendered from a registry version, applied server-side.
+
+The predictor runs on the `mlplatform-fraud` ServingRuntime (helm/mlplatform installs it), which
+starts `python -m serving.predictor` on the artifact KServe's storage initializer downloads from
+`storageUri` to /mnt/models. The transformer runs `python -m serving.transformer` in front of it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+RUNTIME_NAME = "mlplatform-fraud"
+MODEL_FORMAT = "mlplatform-fraud-mlp"
+FIELD_MANAGER = "mlplatform"
+PREDICTION_LOG_MOUNT = "/var/lib/mlplatform/predictions"
+ANNOTATION_MODEL_NAME = "mlplatform.io/model-name"
+ANNOTATION_MODEL_VERSION = "mlplatform.io/model-version"
+
+_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What the InferenceService serves and how.
+
+    Attributes:
+        name: InferenceService name (also the model name on the endpoint path).
+        namespace: Kubernetes namespace.
+        model_name: Registered model name.
+        model_version: Registered version.
+        storage_uri: Where KServe's storage initializer fetches the artifact (s3://, gs://, pvc://...).
+        image: Serving image (transformer).
+        canary_traffic_percent: Share of traffic for the latest revision; None = all of it.
+        feast_redis: host:port of the Feast online store.
+        feast_registry_secret: Secret holding the Feast registry's SQLAlchemy URL (key `url`).
+        auth_token_secret: Secret holding the bearer token (key `token`); None disables the check.
+        prediction_log_claim: PVC for the prediction log; None means an emptyDir.
+        resources: Container requests and limits (both containers).
+    """
+
+    name: str
+    namespace: str
+    model_name: str
+    model_version: str
+    storage_uri: str
+    image: str
+    feast_redis: str
+    feast_registry_secret: str
+    canary_traffic_percent: int | None = None
+    auth_token_secret: str | None = None
+    prediction_log_claim: str | None = None
+    resources: dict[str, Any] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "500m", "memory": "1Gi"},
+            "limits": {"cpu": "2", "memory": "2Gi"},
+        }
+    )
+
+
+def _env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def render(spec: ServiceSpec) -> dict[str, Any]:
+    """The InferenceService manifest for `spec` (a dict, ready for server-side apply)."""
+    if spec.canary_traffic_percent is not None and not 0 <= spec.canary_traffic_percent <= 100:
+        raise ValueError(f"canary_traffic_percent must be 0..100, got {spec.canary_traffic_percent}")
+    identity = [
+        _env("MLPLATFORM_SERVING_MODEL_VERSION", spec.model_version),
+        _env("MLPLATFORM_SERVING_ROLE", "stable"),
+    ]
+    transformer_env = [
+        *identity,
+        _env("MLPLATFORM_SERVING_FEAST_CONFIG_FILE", "feature_store_redis_postgres.yaml"),
+        _env("MLPLATFORM_FEAST_REDIS", spec.feast_redis),
+        {
+            "name": "MLPLATFORM_FEAST_REGISTRY",
+            "valueFrom": {"secretKeyRef": {"name": spec.feast_registry_secret, "key": "url"}},
+        },
+        _env("MLPLATFORM_SERVING_PREDICTION_LOG_DIR", PREDICTION_LOG_MOUNT),
+    ]
+    if spec.auth_token_secret:
+        token = {"secretKeyRef": {"name": spec.auth_token_secret, "key": "token"}}
+        transformer_env.append({"name": "MLPLATFORM_SERVING_AUTH_TOKEN", "valueFrom": token})
+    log_volume: dict[str, Any] = (
+        {"name": "prediction-log", "persistentVolumeClaim": {"claimName": spec.prediction_log_claim}}
+        if spec.prediction_log_claim
+        else {"name": "prediction-log", "emptyDir": {}}
+    )
+    predictor: dict[str, Any] = {
+        "model": {
+            "modelFormat": {"name": MODEL_FORMAT},
+            "runtime": RUNTIME_NAME,
+            "storageUri": spec.storage_uri,
+            "env": identity,
+            "resources": spec.resources,
+        },
+    }
+    if spec.canary_traffic_percent is not None:
+        predictor["canaryTrafficPercent"] = spec.canary_traffic_percent
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "fraud-detector",
+                "app.kubernetes.io/part-of": "mlplatform",
+                "app.kubernetes.io/managed-by": FIELD_MANAGER,
+            },
+            "annotations": {
+                ANNOTATION_MODEL_NAME: spec.model_name,
+                ANNOTATION_MODEL_VERSION: spec.model_version,
+                "serving.kserve.io/enable-prometheus-scraping": "true",
+            },
+        },
+        "spec": {
+            "predictor": predictor,
+            "transformer": {
+                "containers": [
+                    {
+                        "name": "kserve-container",
+                        "image": spec.image,
+                        "command": ["python", "-m", "serving.transformer"],
+                        "args": [f"--model_name={spec.name}"],
+                        "env": transformer_env,
+                        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                        "resources": spec.resources,
+                        "securityContext": _SECURITY_CONTEXT,
+                        "volumeMounts": [
+                            {"name": "prediction-log", "mountPath": PREDICTION_LOG_MOUNT},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                    }
+                ],
+                "volumes": [log_volume, {"name": "tmp", "emptyDir": {}}],
+            },
+        },
+    }
+
+
+class DeployError(RuntimeError):
+    """The InferenceService could not be applied or did not become ready."""
+
+
+def apply(manifest: dict[str, Any], api_client: Any) -> dict[str, Any]:
+    """Server-side apply `manifest` (field manager `mlplatform`, conflicts forced); returns the live object.
+
+    Args:
+        manifest: A rendered InferenceService.
+        api_client: A `kubernetes.client.ApiClient` configured for the cluster.
+    """
+    meta = manifest["metadata"]
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}"
+    try:
+        return api_client.call_api(
+            path,
+            "PATCH",
+            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+            body=manifest,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _request_timeout=30,
+        )
+    except Exception as exc:  # ApiException, urllib3 errors: say what failed
+        raise DeployError(f"applying InferenceService {meta['namespace']}/{meta['name']} failed: {exc}") from exc
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    """Whether an InferenceService's status says Ready=True for its current generation."""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") not in (None, obj.get("metadata", {}).get("generation")):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def wait_ready(
+    name: str, namespace: str, api_client: Any, timeout_seconds: float = 600.0, poll_seconds: float = 5.0
+) -> dict[str, Any]:
+    """Poll the InferenceService until it is Ready; raises DeployError with its last conditions on timeout."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+    deadline = time.monotonic() + timeout_seconds
+    last: dict[str, Any] = {}
+    while True:
+        try:
+            last = api_client.call_api(
+                path,
+                "GET",
+                header_params={"Accept": "application/json"},
+                response_type="object",
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=30,
+            )
+        except Exception as exc:
+            raise DeployError(f"reading InferenceService {namespace}/{name} failed: {exc}") from exc
+        if is_ready(last):
+            return last
+        if time.monotonic() >= deadline:
+            conditions = (last.get("status") or {}).get("conditions")
+            raise DeployError(f"InferenceService {namespace}/{name} not ready after {timeout_seconds:g}s: {conditions}")
+        time.sleep(poll_seconds)

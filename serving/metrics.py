@@ -1,0 +1,158 @@
+"""Domain metrics of the serving processes, beside KServe's own stage histograms (request_*_seconds).
+
+Every series carries the same bounded labels: model_name, model_version, role (stable/canary) and
+component (transformer/predictor). Never a request id or a customer id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+LABELS = ("model_name", "model_version", "role", "component")
+#: Latency buckets (seconds) fine enough to read a 10 ms p99 off them.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+#: Score buckets: twenty equal-width bins on [0, 1], so canary analysis can compare score distributions.
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+
+OUTCOMES = ("ok", "invalid", "unauthorized", "unavailable", "error")
+
+
+class ServingMetrics:
+    """The metric families of one serving process, with its constant labels bound.
+
+    Args:
+        model_name: Served model name.
+        model_version: Registry version.
+        role: stable or canary.
+        component: transformer or predictor.
+        registry: Where the families are registered (the default registry is what /metrics serves).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        role: str,
+        component: str,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.labels = {"model_name": model_name, "model_version": model_version, "role": role, "component": component}
+        self.requests = Counter(
+            "mlplatform_inference_requests_total",
+            "Inference requests answered, by outcome (ok, invalid, unauthorized, unavailable, error).",
+            (*LABELS, "outcome"),
+            registry=registry,
+        )
+        self.instances = Counter(
+            "mlplatform_inference_instances_total",
+            "Transactions scored (a request may carry several).",
+            LABELS,
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "mlplatform_inference_stage_seconds",
+            "Latency of each serving stage (validate, features, predict, postprocess, total).",
+            (*LABELS, "stage"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.feature_lookup_seconds = Histogram(
+            "mlplatform_feature_lookup_seconds",
+            "Latency of one online feature lookup (a whole batch) against the Feast online store.",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.feature_misses = Counter(
+            "mlplatform_feature_misses_total",
+            "Entities the online store had no features for (defaults were used), by entity.",
+            (*LABELS, "entity"),
+            registry=registry,
+        )
+        self.feature_store_errors = Counter(
+            "mlplatform_feature_store_errors_total",
+            "Failed online feature lookups, by reason (timeout, error).",
+            (*LABELS, "reason"),
+            registry=registry,
+        )
+        self.score = Histogram(
+            "mlplatform_prediction_score",
+            "Fraud scores returned.",
+            LABELS,
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "mlplatform_prediction_fallbacks_total",
+            "Scores replaced by the fallback heuristic, by reason (non_finite, out_of_range, features_unavailable).",
+            (*LABELS, "reason"),
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "mlplatform_model_info",
+            "The served model (value 1); its identity is in the labels.",
+            (*LABELS, "mlflow_run_id"),
+            registry=registry,
+        )
+        self.log_records = Counter(
+            "mlplatform_prediction_log_records_total",
+            "Prediction log records written to durable storage.",
+            LABELS,
+            registry=registry,
+        )
+        self.log_errors = Counter(
+            "mlplatform_prediction_log_errors_total",
+            "Prediction log write failures (records are kept in memory and retried).",
+            LABELS,
+            registry=registry,
+        )
+        for outcome in OUTCOMES:  # every outcome exists from the start, so rates are never "no data"
+            self.requests.labels(**self.labels, outcome=outcome)
+
+    def info(self, mlflow_run_id: str) -> None:
+        """Publish the model info series."""
+        self.model_info.labels(**self.labels, mlflow_run_id=mlflow_run_id).set(1)
+
+    def request(self, outcome: str) -> None:
+        """Count one answered request."""
+        self.requests.labels(**self.labels, outcome=outcome).inc()
+
+    def stage(self, stage: str, seconds: float) -> None:
+        """Observe one stage's latency."""
+        self.stage_seconds.labels(**self.labels, stage=stage).observe(seconds)
+
+    def scores(self, values: list[float]) -> None:
+        """Observe returned scores."""
+        h = self.score.labels(**self.labels)
+        for v in values:
+            h.observe(v)
+        self.instances.labels(**self.labels).inc(len(values))
+
+    def fallback(self, reason: str, n: int = 1) -> None:
+        """Count scores replaced by the fallback."""
+        self.fallbacks.labels(**self.labels, reason=reason).inc(n)
+
+    def miss(self, entity: str, n: int = 1) -> None:
+        """Count entities without online features."""
+        self.feature_misses.labels(**self.labels, entity=entity).inc(n)
+
+    def store_error(self, reason: str) -> None:
+        """Count a failed online lookup."""
+        self.feature_store_errors.labels(**self.labels, reason=reason).inc()

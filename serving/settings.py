@@ -1,0 +1,67 @@
+"""Settings of the serving containers (transformer and predictor), read from MLPLATFORM_SERVING_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["stable", "canary"]
+
+
+class ServingSettings(BaseSettings):
+    """What a serving process needs besides KServe's own flags (ports, model name, predictor host).
+
+    Each field is read from the environment variable `MLPLATFORM_SERVING_<FIELD NAME>`; on a cluster
+    the InferenceService sets them, locally `mlplatform serve` does.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MLPLATFORM_SERVING_", extra="forbid")
+
+    model_version: str = Field(default="unknown", description="Registry version of the served model (a label).")
+    role: Role = Field(default="stable", description="stable or canary: the traffic role, a metric label.")
+    # transformer
+    feast_repo_path: Path | None = Field(default=None, description="Feast repo; unset means the project's.")
+    feast_config_file: str = Field(
+        default="feature_store.yaml", description="Feast configuration file inside the repo."
+    )
+    feast_data_dir: Path | None = Field(
+        default=None, description="Where Feast's relative paths resolve; unset means the current directory."
+    )
+    feature_timeout_seconds: float = Field(
+        default=0.5, gt=0, description="Deadline of one online feature lookup (the whole batch)."
+    )
+    feature_store_failure: Literal["fallback", "reject"] = Field(
+        default="fallback",
+        description="When the online store fails or times out: score with default features and flag the "
+        "answer (fallback), or answer 503 (reject).",
+    )
+    predictor_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Deadline of one call from the transformer to the predictor."
+    )
+    max_batch_size: int = Field(default=256, ge=1, description="Most transactions in one request.")
+    max_amount: float = Field(
+        default=1_000_000.0, gt=0, description="Largest plausible transaction amount; larger ones are rejected."
+    )
+    prediction_log_dir: Path | None = Field(
+        default=None, description="Folder of the prediction log (JSON lines); unset disables it (tests only)."
+    )
+    prediction_log_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Rotate the current log file past this size."
+    )
+    prediction_log_max_age_seconds: float = Field(
+        default=3600.0, gt=0, description="Rotate the current log file after this long."
+    )
+    prediction_log_flush_seconds: float = Field(
+        default=0.2, gt=0, description="Longest time a record waits in memory before it is written."
+    )
+    access_log: bool = Field(
+        default=False,
+        description="Log one line per request (uvicorn access log and KServe's timing lines); off by default: "
+        "at hundreds of requests per second they cost more CPU than the model.",
+    )
+    auth_token: SecretStr | None = Field(
+        default=None, description="When set, every inference request needs `Authorization: Bearer <token>`."
+    )

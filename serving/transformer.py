@@ -1,0 +1,355 @@
+"""The transformer: transactions in, fraud scores out, with features from the Feast online store.
+
+KServe runs it in front of the predictor (a separate container on a cluster, a separate process
+locally). Per request it validates the transactions (`serving.schema`), looks up the customer and
+merchant features through Feast with a deadline, computes the on-demand features with the same
+function the offline store uses (`mlplatform.features.on_demand_features`), builds the model input in
+training order, calls the predictor over HTTP, and answers score, decision and model version. Every
+answered transaction is appended to the prediction log.
+
+Unknown customers or merchants are scored with default features (`FEATURE_DEFAULTS`) and flagged
+`unknown_customer` / `unknown_merchant`. When the online store fails or misses its deadline the
+answer is, per `feature_store_failure`, defaults plus the flag `features_unavailable`, or a 503.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model, model_server
+from kserve.errors import InvalidInput
+
+from mlplatform.features import (
+    CUSTOMER_FEATURES,
+    MERCHANT_FEATURES,
+    MODEL_FEATURES,
+    model_input_arrays,
+    on_demand_arrays,
+)
+from serving.errors import InvalidRequest, ServiceUnavailable
+from serving.metrics import ServingMetrics
+from serving.prediction_log import PredictionLog
+from serving.schema import Transaction, parse_v1, parse_v2_columns
+from serving.settings import ServingSettings
+
+CUSTOMER_VIEW, MERCHANT_VIEW = "customer_stats", "merchant_stats"
+FEATURE_REFS = [f"{CUSTOMER_VIEW}:{f}" for f in CUSTOMER_FEATURES] + [f"{MERCHANT_VIEW}:{f}" for f in MERCHANT_FEATURES]
+
+
+@dataclass
+class Scoring:
+    """One request on its way through preprocess -> predict -> postprocess."""
+
+    request_id: str
+    protocol: str  # v1 or v2
+    transactions: list[Transaction]
+    features: dict[str, np.ndarray]
+    rows: np.ndarray
+    flags: list[list[str]]
+    started: float
+    scores: np.ndarray | None = None
+    fallback: list[bool] = field(default_factory=list)
+    model_version: str = "unknown"
+    threshold: float = 0.5
+
+
+def assemble_features(transactions: list[Transaction], online: dict[str, list[Any]] | None) -> dict[str, np.ndarray]:
+    """The feature columns for validated transactions and their online features.
+
+    Args:
+        transactions: The request.
+        online: Feature name -> one value per transaction (None where the store had nothing), or None
+            when the store could not be read (every feature then takes its default).
+
+    Returns:
+        Request fields, store features and on-demand features as columns, one value per transaction.
+    """
+    n = len(transactions)
+    columns: dict[str, Any] = {
+        "amount": np.fromiter((t.amount for t in transactions), np.float64, n),
+        "event_unix_s": np.fromiter((t.event_unix_s for t in transactions), np.float64, n),
+    }
+    for name in (*CUSTOMER_FEATURES, *MERCHANT_FEATURES):
+        values = online.get(name) if online is not None else None
+        columns[name] = values if values is not None else [None] * n
+    columns.update(on_demand_arrays(columns))
+    return columns
+
+
+class FraudTransformer(Model):
+    """Feature lookup and request/response handling in front of the predictor.
+
+    Args:
+        name: Model name (the predictor serves the same name).
+        settings: Serving settings.
+        store: An open Feast store (tests inject one); None opens the one the settings name in `load`.
+        metrics: Where to count; defaults to the process's registry.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServingSettings,
+        store: Any | None = None,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or ServingMetrics(name, settings.model_version, settings.role, "transformer")
+        self.log: PredictionLog | None = None
+        self._async_reads = False
+
+    def load(self) -> bool:
+        """Open the feature store and the prediction log."""
+        if self.store is None:
+            from mlplatform.featurestore import default_repo_path, open_store
+
+            repo = self.settings.feast_repo_path or default_repo_path()
+            data_dir = self.settings.feast_data_dir or repo
+            self.store = open_store(repo, data_dir, self.settings.feast_config_file)
+        self.store.refresh_registry()
+        online_store = self.store._get_provider().online_store
+        self._async_reads = bool(online_store.async_supported.read)
+        # warm-up: the first lookup loads registry objects and opens connections; no request should pay for it
+        self.store.get_online_features(features=FEATURE_REFS, entity_rows=[{"customer_id": 0, "merchant_id": 0}])
+        if self.settings.prediction_log_dir is not None:
+            labels = self.metrics.labels
+            self.log = PredictionLog(
+                self.settings.prediction_log_dir,
+                max_bytes=self.settings.prediction_log_max_bytes,
+                max_age_seconds=self.settings.prediction_log_max_age_seconds,
+                flush_seconds=self.settings.prediction_log_flush_seconds,
+                on_written=lambda k: self.metrics.log_records.labels(**labels).inc(k),
+                on_error=lambda e: self.metrics.log_errors.labels(**labels).inc(),
+            ).start()
+        self.metrics.info("n/a")
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        """Write out the prediction log (a record appended later is still written, synchronously)."""
+        if self.log is not None:
+            self.log.flush()
+        super().stop()
+
+    def close(self) -> None:
+        """Final flush of the prediction log; called once the server has stopped."""
+        if self.log is not None:
+            self.log.close()
+
+    async def _online_features(self, transactions: list[Transaction]) -> tuple[dict[str, list[Any]] | None, bool]:
+        """Feature values per transaction, and whether the store failed (then None)."""
+        entity_rows = [{"customer_id": t.customer_id, "merchant_id": t.merchant_id} for t in transactions]
+        start = time.perf_counter()
+        try:
+            if self._async_reads:
+                call = self.store.get_online_features_async(features=FEATURE_REFS, entity_rows=entity_rows)
+            else:
+                call = asyncio.to_thread(self.store.get_online_features, features=FEATURE_REFS, entity_rows=entity_rows)
+            response = await asyncio.wait_for(call, timeout=self.settings.feature_timeout_seconds)
+            values = response.to_dict()
+        except TimeoutError:
+            reason = "timeout"
+        except Exception:  # the store's client raises its own types (redis, sqlite, grpc)
+            reason = "error"
+        else:
+            self.metrics.feature_lookup_seconds.labels(**self.metrics.labels).observe(time.perf_counter() - start)
+            return values, False
+        self.metrics.store_error(reason)
+        if self.settings.feature_store_failure == "reject":
+            raise ServiceUnavailable("feature_store", f"online feature lookup failed ({reason})")
+        return None, True
+
+    def _parse(self, payload: dict[str, Any] | InferRequest) -> tuple[list[Transaction], str]:
+        s = self.settings
+        if isinstance(payload, InferRequest):
+            columns: dict[str, list[Any]] = {}
+            for item in payload.inputs:
+                data = item.data
+                if not isinstance(data, list):
+                    raise InvalidRequest(f"inputs.{item.name}", "must carry its data as a JSON list")
+                columns[item.name] = [v.decode() if isinstance(v, bytes) else v for v in data]
+            return parse_v2_columns(columns, s.max_batch_size, s.max_amount), "v2"
+        return parse_v1(payload, s.max_batch_size, s.max_amount), "v1"
+
+    async def preprocess(self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None) -> Any:
+        started = time.perf_counter()
+        try:
+            transactions, protocol = self._parse(payload)
+        except InvalidInput:
+            self.metrics.request("invalid")
+            raise
+        self.metrics.stage("validate", time.perf_counter() - started)
+        online, failed = await self._online_features(transactions)
+        flags: list[list[str]] = [[] for _ in transactions]
+        if failed:
+            self.metrics.fallback("features_unavailable", len(transactions))
+            for f in flags:
+                f.append("features_unavailable")
+        else:
+            assert online is not None
+            for i, (c, m) in enumerate(zip(online["cust_txn_count_30d"], online["merchant_category"], strict=True)):
+                if c is None:
+                    flags[i].append("unknown_customer")
+                if m is None:
+                    flags[i].append("unknown_merchant")
+            misses_c = sum("unknown_customer" in f for f in flags)
+            misses_m = sum("unknown_merchant" in f for f in flags)
+            if misses_c:
+                self.metrics.miss("customer", misses_c)
+            if misses_m:
+                self.metrics.miss("merchant", misses_m)
+        features = assemble_features(transactions, online)
+        self.metrics.stage("features", time.perf_counter() - started)
+        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
+        return Scoring(
+            request_id=request_id[:128],
+            protocol=protocol,
+            transactions=transactions,
+            features=features,
+            rows=model_input_arrays(features),
+            flags=flags,
+            started=started,
+        )
+
+    def validate(self, payload: Any) -> Any:
+        return payload  # preprocess has validated the request and built the predictor's input
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        scoring: Scoring = payload
+        start = time.perf_counter()
+        forward = {"x-request-id": scoring.request_id, "content-type": "application/json"}
+        try:
+            response = await asyncio.wait_for(
+                self._http_client.infer(
+                    self.predictor_config.predictor_base_url,
+                    model_name=self.name,
+                    data={"instances": scoring.rows.tolist()},
+                    headers=forward,
+                ),
+                timeout=self.settings.predictor_timeout_seconds,
+            )
+        except TimeoutError:
+            self.metrics.request("unavailable")
+            raise ServiceUnavailable("predictor", "no answer within the deadline") from None
+        except httpx.HTTPStatusError as exc:
+            self.metrics.request("unavailable")
+            raise ServiceUnavailable("predictor", f"answered {exc.response.status_code}") from None
+        except httpx.HTTPError as exc:
+            self.metrics.request("unavailable")
+            raise ServiceUnavailable("predictor", f"unreachable ({type(exc).__name__})") from None
+        predictions = response.get("predictions") if isinstance(response, dict) else None
+        if not isinstance(predictions, list) or len(predictions) != len(scoring.transactions):
+            self.metrics.request("error")
+            raise ServiceUnavailable("predictor", "answered an unexpected response")
+        scoring.scores = np.asarray(predictions, dtype=np.float64)
+        scoring.fallback = [bool(b) for b in response.get("fallback", [False] * len(predictions))]
+        scoring.model_version = str(response.get("model_version", "unknown"))
+        scoring.threshold = float(response.get("threshold") or 0.5)
+        self.metrics.stage("predict", time.perf_counter() - start)
+        return scoring
+
+    def postprocess(
+        self, result: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | InferResponse:
+        scoring: Scoring = result
+        assert scoring.scores is not None
+        for flags, fell_back in zip(scoring.flags, scoring.fallback, strict=True):
+            if fell_back:
+                flags.append("fallback_score")
+        decisions = (scoring.scores >= scoring.threshold).tolist()
+        scores = scoring.scores.tolist()
+        self._log(scoring, scores, decisions)
+        self.metrics.scores(scores)
+        self.metrics.stage("total", time.perf_counter() - scoring.started)
+        self.metrics.request("ok")
+        if scoring.protocol == "v2":
+            n = len(scores)
+            return InferResponse(
+                model_name=self.name,
+                model_version=scoring.model_version,
+                infer_outputs=[
+                    InferOutput("score", [n], "FP64", scores),
+                    InferOutput("is_fraud", [n], "BOOL", decisions),
+                    InferOutput("flags", [n], "BYTES", [",".join(f) for f in scoring.flags]),
+                ],
+                response_id=scoring.request_id,
+            )
+        return {
+            "request_id": scoring.request_id,
+            "model_name": self.name,
+            "model_version": scoring.model_version,
+            "role": self.settings.role,
+            "predictions": [
+                {
+                    "transaction_id": t.transaction_id,
+                    "score": s,
+                    "is_fraud": d,
+                    "threshold": scoring.threshold,
+                    "flags": f,
+                }
+                for t, s, d, f in zip(scoring.transactions, scores, decisions, scoring.flags, strict=True)
+            ],
+        }
+
+    def _log(self, scoring: Scoring, scores: list[float], decisions: list[bool]) -> None:
+        if self.log is None:
+            return
+        now = datetime.now(UTC).isoformat()
+        rows = scoring.rows.tolist()
+        self.log.append(
+            [
+                {
+                    "request_id": scoring.request_id,
+                    "record_id": t.transaction_id or f"{scoring.request_id}:{i}",
+                    "transaction_id": t.transaction_id,
+                    "served_at": now,
+                    "event_unix_s": t.event_unix_s,
+                    "model_name": self.name,
+                    "model_version": scoring.model_version,
+                    "role": self.settings.role,
+                    "customer_id": t.customer_id,
+                    "merchant_id": t.merchant_id,
+                    "amount": t.amount,
+                    "features": dict(zip(MODEL_FEATURES, rows[i], strict=True)),
+                    "score": scores[i],
+                    "is_fraud": decisions[i],
+                    "flags": scoring.flags[i],
+                }
+                for i, t in enumerate(scoring.transactions)
+            ]
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's model server flags (incl. --predictor_host) plus the transformer's own."""
+    return argparse.ArgumentParser(parents=[model_server.parser], description=__doc__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: `python -m serving.transformer --model_name fraud-detector --predictor_host HOST:PORT`."""
+    from serving.app import serve
+
+    args = build_parser().parse_args(argv)
+    if not args.predictor_host:
+        raise SystemExit("--predictor_host is required (KServe sets it on a cluster)")
+    settings = ServingSettings()
+    model = FraudTransformer(args.model_name, settings)
+    model.load()
+    try:
+        serve(model, args, settings)
+    finally:
+        model.close()
+
+
+if __name__ == "__main__":
+    main()
