@@ -51,6 +51,29 @@ test: venv services tools ## every test that can run on this machine
 tools: ## build helm, kubeconform, kustomize (Go, pinned) and checkov into .tools/ (fast when built)
 	bash scripts/tools.sh
 
+IMAGE_REGISTRY   ?= ghcr.io/mlplatform
+IMAGE_TAG        ?= 0.1.0
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+PUSH             ?= 1
+
+.PHONY: images
+images: ## build (and push unless PUSH=0) the component (CUDA) and serving (CPU) images
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make images needs docker or podman"; exit 1; }
+	$(CONTAINER_ENGINE) build -f images/components.Dockerfile -t $(IMAGE_REGISTRY)/mlplatform-components:$(IMAGE_TAG) .
+	$(CONTAINER_ENGINE) build -f images/serving.Dockerfile -t $(IMAGE_REGISTRY)/mlplatform-serving:$(IMAGE_TAG) .
+	if [ "$(PUSH)" = 1 ]; then \
+	  $(CONTAINER_ENGINE) push $(IMAGE_REGISTRY)/mlplatform-components:$(IMAGE_TAG); \
+	  $(CONTAINER_ENGINE) push $(IMAGE_REGISTRY)/mlplatform-serving:$(IMAGE_TAG); \
+	fi
+
+.PHONY: cluster-up
+cluster-up: tools ## kind cluster (kind-config.yaml) + pinned prerequisites + this chart (needs docker, kind, kubectl)
+	bash scripts/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## delete the kind cluster
+	bash scripts/cluster.sh down
+
 .PHONY: compile
 compile: venv ## compile the training pipeline to build/training_pipeline.yaml
 	$(VENV)/bin/mlplatform pipeline compile --output build/training_pipeline.yaml
