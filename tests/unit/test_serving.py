@@ -1,0 +1,187 @@
+"""Serving logic without servers: request validation, feature assembly, post-assertion, prediction log."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+from safetensors.torch import load_file, save_file
+
+from mlplatform.features import MODEL_FEATURES, model_input, on_demand_features
+from mlplatform.model import WEIGHTS_FILE, ModelConfig, build_model, save_model
+from serving.errors import InvalidRequest
+from serving.metrics import ServingMetrics
+from serving.prediction_log import PredictionLog, read_records
+from serving.predictor import FraudPredictor, fallback_score
+from serving.schema import Transaction, parse_v1, parse_v2_columns
+from serving.settings import ServingSettings
+from serving.transformer import assemble_features
+
+GOOD = {"customer_id": 7, "merchant_id": 3, "amount": 12.5, "timestamp": "2026-02-10T00:10:00Z"}
+
+
+def _body(**overrides: object) -> dict[str, object]:
+    tx = {**GOOD, **overrides}
+    return {"instances": [{k: v for k, v in tx.items() if v is not ...}]}
+
+
+def test_valid_transaction_is_parsed_with_unix_seconds() -> None:
+    [tx] = parse_v1(_body(transaction_id="t-1"), 10, 1e6)
+    assert tx == Transaction(7, 3, 12.5, 1770682200.0, "t-1")
+    [tx] = parse_v1(_body(timestamp=1770682200), 10, 1e6)
+    assert tx.event_unix_s == 1770682200.0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], "body"),
+        ({"instances": "x"}, "instances"),
+        ({"instances": []}, "instances"),
+        ({"instances": [GOOD] * 11}, "instances"),
+        ({"instances": [GOOD], "extra": 1}, "extra"),
+        ({"instances": [1]}, "instances[0]"),
+        (_body(customer_id=...), "instances[0].customer_id"),
+        (_body(customer_id="7"), "instances[0].customer_id"),
+        (_body(customer_id=True), "instances[0].customer_id"),
+        (_body(customer_id=-1), "instances[0].customer_id"),
+        (_body(merchant_id=2**64), "instances[0].merchant_id"),
+        (_body(amount="12"), "instances[0].amount"),
+        (_body(amount=float("nan")), "instances[0].amount"),
+        (_body(amount=float("inf")), "instances[0].amount"),
+        (_body(amount=-5), "instances[0].amount"),
+        (_body(amount=0), "instances[0].amount"),
+        (_body(amount=1e12), "instances[0].amount"),
+        (_body(timestamp="yesterday"), "instances[0].timestamp"),
+        (_body(timestamp="2026-02-10T00:10:00"), "instances[0].timestamp"),
+        (_body(timestamp=1e15), "instances[0].timestamp"),
+        (_body(timestamp=None), "instances[0].timestamp"),
+        (_body(transaction_id="a b"), "instances[0].transaction_id"),
+        (_body(channel="web"), "instances[0].channel"),
+    ],
+)
+def test_bad_request_is_rejected_naming_the_field(body: object, field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_v1(body, 10, 1e6)
+    assert info.value.field == field
+
+
+def test_v2_columns_are_validated_like_v1() -> None:
+    cols = {"customer_id": [7, 8], "merchant_id": [3, 3], "amount": [1.0, 2.0], "timestamp": [1770682200.0] * 2}
+    assert [t.customer_id for t in parse_v2_columns(cols, 10, 1e6)] == [7, 8]
+    with pytest.raises(InvalidRequest, match="inputs.amount"):
+        parse_v2_columns({**cols, "amount": [1.0]}, 10, 1e6)
+    with pytest.raises(InvalidRequest, match="inputs.timestamp"):
+        parse_v2_columns({k: v for k, v in cols.items() if k != "timestamp"}, 10, 1e6)
+
+
+def test_online_assembly_matches_the_offline_feature_code(prepared) -> None:
+    frame = prepared.frame("test").head(300).reset_index(drop=True)
+    frame.loc[::7, "cust_amount_avg_30d"] = np.nan  # unknown customers too
+    txs = [
+        Transaction(int(r.customer_id), int(r.merchant_id), float(r.amount), float(r.event_unix_s))
+        for r in frame.itertuples()
+    ]
+    online = {c: [None if pd.isna(v) else v for v in frame[c]] for c in frame.columns}
+    cols = assemble_features(txs, online)
+    offline = frame.copy()
+    offline[list(on_demand_features(frame).columns)] = on_demand_features(frame)
+    from mlplatform.features import model_input_arrays
+
+    np.testing.assert_array_equal(model_input_arrays(cols), model_input(offline))
+
+
+def test_store_failure_assembles_default_features() -> None:
+    cols = assemble_features([Transaction(1, 2, 50.0, 1770682200.0)], None)
+    from mlplatform.features import FEATURE_DEFAULTS, model_input_arrays
+
+    row = dict(zip(MODEL_FEATURES, model_input_arrays(cols)[0], strict=True))
+    assert row["merchant_fraud_rate_30d"] == pytest.approx(FEATURE_DEFAULTS["merchant_fraud_rate_30d"])
+    assert all(math.isfinite(v) for v in row.values())
+
+
+def test_fallback_score_is_finite_and_bounded() -> None:
+    rows = np.zeros((3, len(MODEL_FEATURES)), np.float32)
+    idx = list(MODEL_FEATURES)
+    rows[0, idx.index("merchant_fraud_rate_30d")] = 0.2
+    rows[1, idx.index("amount_zscore_30d")] = 10.0
+    rows[2, idx.index("merchant_fraud_rate_30d")] = np.nan
+    scores = fallback_score(rows, idx)
+    assert scores.tolist() == pytest.approx([0.2, 0.25, 0.0])
+
+
+def _artifact(tmp_path: Path, poison: bool) -> Path:
+    config = ModelConfig(feature_names=list(MODEL_FEATURES), hidden_units=[8])
+    model = build_model(config)
+    out = save_model(model, config, tmp_path / "model")
+    if poison:
+        state = load_file(str(out / WEIGHTS_FILE))
+        last_bias = [k for k in state if k.endswith("bias")][-1]
+        state[last_bias][:] = float("nan")
+        save_file(state, str(out / WEIGHTS_FILE))
+    return out
+
+
+def test_predictor_replaces_non_finite_output_with_the_fallback_and_counts_it(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    settings = ServingSettings(model_version="3")
+    metrics = ServingMetrics("fraud-detector", "3", "stable", "predictor", registry)
+    predictor = FraudPredictor("fraud-detector", _artifact(tmp_path, poison=True), settings, metrics)
+    predictor.load()
+    out = predictor.predict({"instances": np.ones((4, len(MODEL_FEATURES))).tolist()})
+    assert out["fallback"] == [True] * 4
+    assert all(0.0 <= s <= 1.0 for s in out["predictions"])
+    labels = {"model_name": "fraud-detector", "model_version": "3", "role": "stable", "component": "predictor"}
+    count = registry.get_sample_value("mlplatform_prediction_fallbacks_total", {**labels, "reason": "non_finite"})
+    assert count == 4
+
+
+def test_predictor_rejects_malformed_rows(tmp_path: Path) -> None:
+    metrics = ServingMetrics("m", "1", "stable", "predictor", CollectorRegistry())
+    predictor = FraudPredictor("m", _artifact(tmp_path, poison=False), ServingSettings(), metrics)
+    predictor.load()
+    n = len(MODEL_FEATURES)
+    for bad in ({"instances": [[1.0] * (n - 1)]}, {"instances": []}, {"instances": [["a"] * n]}, {"rows": []}):
+        with pytest.raises(InvalidRequest):
+            predictor.predict(bad)
+    healthy = predictor.predict({"instances": [[1.0] * n]})
+    assert healthy["fallback"] == [False]
+
+
+def test_prediction_log_keeps_every_record_across_rotation_and_close(tmp_path: Path) -> None:
+    written: list[int] = []
+    log = PredictionLog(tmp_path, max_bytes=2048, flush_seconds=0.01, on_written=written.append).start()
+
+    def writer(k: int) -> None:
+        for i in range(200):
+            log.append([{"record_id": f"{k}-{i}", "score": 0.5}])
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    log.append([{"record_id": "late", "score": 0.1}])  # after close: written synchronously
+    ids = [r["record_id"] for r in read_records(tmp_path)]
+    assert len(ids) == len(set(ids)) == 801
+    assert len(list(tmp_path.glob("predictions-*.jsonl"))) > 1  # rotated by size
+    assert sum(written) == 801
+
+
+def test_prediction_log_retries_records_after_a_write_failure(tmp_path: Path) -> None:
+    target = tmp_path / "log"
+    errors: list[Exception] = []
+    log = PredictionLog(target, flush_seconds=60, on_error=errors.append)
+    target.write_text("a file where the folder should be")
+    log.append([{"record_id": "a"}])
+    assert log.flush() == 0 and errors and log.pending == 1
+    target.unlink()
+    assert log.flush() == 1
+    log.close()
+    assert [r["record_id"] for r in read_records(target)] == ["a"]
