@@ -108,6 +108,15 @@ up() {
   for image in mlplatform-serving mlplatform-components; do
     kind load docker-image --name "$CLUSTER" "ghcr.io/mlplatform/$image:$IMAGE_TAG"
   done
+  # The MLflow artifact bucket, created with boto3 from the serving image (restricted pod security).
+  kubectl -n mlplatform-deps delete pod create-bucket --ignore-not-found
+  kubectl -n mlplatform-deps run create-bucket --rm -i --restart=Never \
+    --image="ghcr.io/mlplatform/mlplatform-serving:$IMAGE_TAG" --overrides='{"spec":{
+      "securityContext":{"runAsNonRoot":true,"runAsUser":10001,"seccompProfile":{"type":"RuntimeDefault"}},
+      "containers":[{"name":"create-bucket","image":"ghcr.io/mlplatform/mlplatform-serving:'"$IMAGE_TAG"'",
+        "command":["python","-c","import os,boto3; s3=boto3.client(\"s3\",endpoint_url=\"http://minio:9000\",aws_access_key_id=\"mlplatform\",aws_secret_access_key=os.environ[\"P\"]); names=[b[\"Name\"] for b in s3.list_buckets()[\"Buckets\"]]; \"mlflow\" in names or s3.create_bucket(Bucket=\"mlflow\")"],
+        "env":[{"name":"P","valueFrom":{"secretKeyRef":{"name":"dev-services","key":"minio-password"}}}],
+        "securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]},"readOnlyRootFilesystem":true}}]}}'
   "$HELM" upgrade --install mlplatform "$ROOT/helm/mlplatform" --namespace mlplatform \
     -f "$ROOT/helm/mlplatform/profiles/kind-values.yaml" --wait --timeout 10m
   "$HELM" test mlplatform --namespace mlplatform
