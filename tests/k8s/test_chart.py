@@ -1,0 +1,208 @@
+"""The Helm chart: helm lint --strict, kubeconform -strict on every profile, and its important switches."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.k8s import kube
+from tests.k8s.kube import find, objects
+
+pytestmark = pytest.mark.k8s
+
+CASES = [(p, False) for p in kube.PROFILES] + [(p, True) for p in ("default", "kind", "production")]
+IDS = [f"{p}{'+model' if m else ''}" for p, m in CASES]
+
+
+@pytest.mark.parametrize(("profile", "with_model"), CASES, ids=IDS)
+def test_helm_lint_strict_passes(profile: str, with_model: bool) -> None:
+    result = kube.helm("lint", profile, kube.WITH_MODEL if with_model else {})
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize(("profile", "with_model"), CASES, ids=IDS)
+def test_every_rendered_object_is_valid_against_kubernetes_and_crd_schemas(render, profile: str, with_model: bool) -> None:
+    manifest = render(profile, with_model)
+    report = kube.kubeconform(manifest)
+    summary = report["summary"]
+    assert summary["valid"] == len(objects(manifest)) > 0
+    assert summary["invalid"] == summary["errors"] == summary["skipped"] == 0
+
+
+def test_kubeconform_rejects_unknown_fields_in_core_and_custom_resources(render) -> None:
+    """The negative control: strict schemas are in force for both kinds of schema."""
+    for kind, field in (("Deployment", "spec:\n  replicas:"), ("InferenceService", "spec:\n  predictor:")):
+        docs = render("kind", True).split("\n---\n")
+        doc = next(d for d in docs if f"\nkind: {kind}\n" in d)
+        broken = doc.replace(field, field.replace("spec:", "spec:\n  notAField: 1"), 1)
+        assert broken != doc
+        with pytest.raises(AssertionError, match="notAField"):
+            kube.kubeconform(broken)
+
+
+def test_values_schema_is_generated_from_the_documented_values() -> None:
+    result = subprocess.run([sys.executable, "scripts/values_schema.py", "--check"], cwd=kube.ROOT, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def test_values_schema_rejects_a_misspelled_key() -> None:
+    with pytest.raises(AssertionError, match="replicCount"):
+        kube.helm("template", "default", {"mlflow": {"replicCount": 2}})
+
+
+def test_enabling_the_inference_service_without_a_model_location_fails_with_the_fix() -> None:
+    with pytest.raises(AssertionError, match="fraudDetector.model.storageUri is required"):
+        kube.helm("template", "default", {"fraudDetector": {"enabled": True, "model": {"version": "1"}}})
+
+
+def test_canary_traffic_percent_is_rendered_only_when_set(render) -> None:
+    off = find(objects(render("kind", True)), "InferenceService")
+    assert "canaryTrafficPercent" not in off["spec"]["predictor"]
+    on = find(objects(kube.helm_template("kind", kube.WITH_MODEL, {"fraudDetector": {"canaryTrafficPercent": 10}})), "InferenceService")
+    assert on["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    with pytest.raises(AssertionError, match="canaryTrafficPercent"):
+        kube.helm("template", "kind", kube.WITH_MODEL, {"fraudDetector": {"canaryTrafficPercent": 120}})
+
+
+def test_monitoring_switch_creates_pod_monitors_only_when_enabled(render) -> None:
+    assert not [d for d in objects(render("default", True)) if d["kind"] == "PodMonitor"]
+    monitors = {d["metadata"]["name"]: d for d in objects(render("kind", True)) if d["kind"] == "PodMonitor"}
+    assert set(monitors) == {"mlplatform-fraud-detector", "mlplatform-feature-server"}
+    isvc = monitors["mlplatform-fraud-detector"]
+    assert isvc["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "fraud-detector"}
+    assert isvc["spec"]["podMetricsEndpoints"][0]["portNumber"] == 8080
+    assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors.values())
+
+
+def _secret_refs(docs: list[dict]) -> set[str]:
+    refs: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "secretKeyRef" in node:
+                refs.add(node["secretKeyRef"]["name"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(docs)
+    return refs
+
+
+def test_credentials_come_from_existing_secrets_and_the_chart_renders_none(render) -> None:
+    for profile in kube.PROFILES:
+        assert not [d for d in objects(render(profile, False)) if d["kind"] == "Secret"]
+    default = _secret_refs(objects(render("default", True)))
+    assert default == {"mlplatform-mlflow-backend-store", "mlplatform-mlflow-artifact-store", "mlplatform-feast-registry"}
+    production = _secret_refs(objects(render("production", True)))
+    assert {"mlplatform-redis", "mlplatform-serving-token"} <= production
+    custom = objects(kube.helm_template("default", {"mlflow": {"backendStore": {"existingSecret": "my-db"}}}))
+    assert "my-db" in _secret_refs(custom)
+
+
+def test_pipeline_runner_may_only_get_and_patch_inference_services_in_its_namespace(render) -> None:
+    docs = objects(render("kind", True))
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert len(roles) == 1 and roles[0]["metadata"]["namespace"] == kube.NAMESPACE
+    assert roles[0]["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}]
+    binding = find(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == {
+        ("mlplatform-pipeline-runner", kube.NAMESPACE),
+        ("pipeline-runner", "kubeflow"),
+    }
+
+
+def test_only_the_pipeline_runner_mounts_an_api_token(render) -> None:
+    docs = objects(render("production", True))
+    accounts = {d["metadata"]["name"]: d["automountServiceAccountToken"] for d in docs if d["kind"] == "ServiceAccount"}
+    assert accounts.pop("mlplatform-pipeline-runner") is True
+    assert accounts and not any(accounts.values())
+
+
+def test_disruption_budgets_exist_only_where_there_is_more_than_one_replica(render) -> None:
+    assert not [d for d in objects(render("default", True)) if d["kind"] == "PodDisruptionBudget"]
+    pdbs = {d["metadata"]["name"] for d in objects(render("production", True)) if d["kind"] == "PodDisruptionBudget"}
+    assert pdbs == {"mlplatform-mlflow", "mlplatform-feature-server"}
+
+
+def test_prediction_log_is_an_empty_dir_by_default_and_a_claim_in_production(render) -> None:
+    def log_volume(docs: list[dict]) -> dict:
+        volumes = find(docs, "InferenceService")["spec"]["transformer"]["volumes"]
+        return next(v for v in volumes if v["name"] == "prediction-log")
+
+    assert "emptyDir" in log_volume(objects(render("default", True)))
+    production = objects(render("production", True))
+    claim = find(production, "PersistentVolumeClaim")
+    assert log_volume(production)["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_serving_runtime_and_inference_service_follow_the_serving_contract(render) -> None:
+    docs = objects(render("production", True))
+    runtime = find(docs, "ServingRuntime")
+    assert runtime["metadata"]["name"] == "mlplatform-fraud"
+    spec = runtime["spec"]
+    assert spec["supportedModelFormats"] == [{"name": "mlplatform-fraud-mlp", "version": "1", "autoSelect": True}]
+    assert spec["protocolVersions"] == ["v1", "v2"]
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"] == "ghcr.io/mlplatform/mlplatform-serving:0.1.0"
+    assert container["command"] == ["python", "-m", "serving.predictor"]
+    assert container["args"] == ["--model_name={{.Name}}", "--model_dir=/mnt/models", "--http_port=8080", "--grpc_port=8081"]
+    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+
+    isvc = find(docs, "InferenceService")
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["metadata"]["name"] == "fraud-detector"
+    assert isvc["metadata"]["annotations"] == {"mlplatform.io/model-name": "fraud-detector", "mlplatform.io/model-version": "3"}
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "mlplatform-fraud-mlp"} and model["runtime"] == "mlplatform-fraud"
+    assert model["storageUri"] == kube.WITH_MODEL["fraudDetector"]["model"]["storageUri"]
+    env = {e["name"]: e for e in model["env"]}
+    assert env["MLPLATFORM_SERVING_MODEL_VERSION"]["value"] == "3" and env["MLPLATFORM_SERVING_ROLE"]["value"] == "stable"
+
+    (transformer,) = isvc["spec"]["transformer"]["containers"]
+    assert transformer["name"] == "kserve-container"
+    assert transformer["command"] == ["python", "-m", "serving.transformer"]
+    assert transformer["args"] == ["--model_name=fraud-detector"]
+    env = {e["name"]: e for e in transformer["env"]}
+    assert env["MLPLATFORM_SERVING_FEAST_CONFIG_FILE"]["value"] == "feature_store_redis_postgres.yaml"
+    assert env["MLPLATFORM_FEAST_REGISTRY"]["valueFrom"]["secretKeyRef"]["name"] == "mlplatform-feast-registry"
+    assert env["MLPLATFORM_FEAST_REDIS"]["value"].startswith("redis-master.feast.svc.cluster.local:6379,password=")
+    assert env["MLPLATFORM_SERVING_PREDICTION_LOG_DIR"]["value"] == "/var/lib/mlplatform/predictions"
+    assert env["MLPLATFORM_SERVING_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "mlplatform-serving-token"
+    mounts = {m["mountPath"] for m in transformer["volumeMounts"]}
+    assert mounts == {"/tmp", "/var/lib/mlplatform/predictions"}
+
+
+def test_the_helm_test_hook_checks_every_enabled_endpoint(render) -> None:
+    pod = find(objects(render("kind", True)), "Pod", "test-endpoints")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    urls = pod["spec"]["containers"][0]["args"]
+    assert [u.split("/")[2].split(".")[0] for u in urls] == ["mlplatform-mlflow", "mlplatform-feature-server", "fraud-detector-predictor"]
+    assert not [d for d in objects(render("minimal", False)) if d["kind"] == "Pod"]
+
+
+def test_notes_say_how_to_reach_each_endpoint(tmp_path) -> None:
+    """NOTES.txt rendered for the kind profile (`helm install --dry-run` needs a cluster; `tpl` does not)."""
+    chart = tmp_path / "mlplatform"
+    shutil.copytree(kube.CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
+    (chart / "templates" / "notes-rendered.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n'
+    )
+    result = kube.run(
+        kube.tool("helm"), "template", "mlplatform", str(chart), "--namespace", kube.NAMESPACE,
+        "-f", str(kube.PROFILES["kind"][0]), "--show-only", "templates/notes-rendered.yaml",
+    )  # fmt: skip
+    notes = objects(result.stdout)[0]["data"]["notes"]
+    assert "port-forward svc/mlplatform-mlflow 5000:5000" in notes
+    assert "port-forward svc/mlplatform-feature-server 6566:6566" in notes
+    assert "fraudDetector.enabled=true" in notes and "helm test mlplatform" in notes
