@@ -62,6 +62,16 @@ class PlatformSettings(BaseSettings):
         "a retried train task resumes. On a cluster a volume that outlives the pod (a PVC); unset means "
         "<work_dir>/checkpoints.",
     )
+    trainjob_runtime: str = Field(
+        default="torch-distributed",
+        description="Kubeflow Trainer ClusterTrainingRuntime that distributed training TrainJobs reference.",
+    )
+    trainjob_poll_interval_seconds: float = Field(
+        default=15.0, gt=0, description="Time between two status reads of a running TrainJob."
+    )
+    trainjob_timeout_seconds: float = Field(
+        default=86_400.0, gt=0, description="Longest wait for a TrainJob to complete; it is deleted after that."
+    )
     git_commit: str | None = Field(default=None, description="Commit of the code that trained a model (a lineage tag).")
     deploy_target: Literal["local", "cluster"] = Field(
         default="local",
