@@ -147,12 +147,19 @@ def kubeconform(manifest: str) -> dict[str, Any]:
     """
     schemas = schema_dir()
     args = [
-        tool("kubeconform"), "-strict", "-summary", "-output", "json",
-        "-kubernetes-version", KUBERNETES_VERSION,
-        "-schema-location", str(schemas / "{{ .NormalizedKubernetesVersion }}-local-strict/{{ .ResourceKind }}{{ .KindSuffix }}.json"),
-        "-schema-location", str(schemas / "crds/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"),
+        tool("kubeconform"),
+        "-strict",
+        "-summary",
+        "-output",
+        "json",
+        "-kubernetes-version",
+        KUBERNETES_VERSION,
+        "-schema-location",
+        str(schemas / "{{ .NormalizedKubernetesVersion }}-local-strict/{{ .ResourceKind }}{{ .KindSuffix }}.json"),
+        "-schema-location",
+        str(schemas / "crds/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"),
         "-",
-    ]  # fmt: skip
+    ]
     result = subprocess.run(args, input=manifest, capture_output=True, text=True, timeout=300, cwd=ROOT)
     report = json.loads(result.stdout)
     if result.returncode != 0:

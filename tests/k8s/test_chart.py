@@ -24,7 +24,9 @@ def test_helm_lint_strict_passes(profile: str, with_model: bool) -> None:
 
 
 @pytest.mark.parametrize(("profile", "with_model"), CASES, ids=IDS)
-def test_every_rendered_object_is_valid_against_kubernetes_and_crd_schemas(render, profile: str, with_model: bool) -> None:
+def test_every_rendered_object_is_valid_against_kubernetes_and_crd_schemas(
+    render, profile: str, with_model: bool
+) -> None:
     manifest = render(profile, with_model)
     report = kube.kubeconform(manifest)
     summary = report["summary"]
@@ -61,7 +63,10 @@ def test_enabling_the_inference_service_without_a_model_location_fails_with_the_
 def test_canary_traffic_percent_is_rendered_only_when_set(render) -> None:
     off = find(objects(render("kind", True)), "InferenceService")
     assert "canaryTrafficPercent" not in off["spec"]["predictor"]
-    on = find(objects(kube.helm_template("kind", kube.WITH_MODEL, {"fraudDetector": {"canaryTrafficPercent": 10}})), "InferenceService")
+    on = find(
+        objects(kube.helm_template("kind", kube.WITH_MODEL, {"fraudDetector": {"canaryTrafficPercent": 10}})),
+        "InferenceService",
+    )
     assert on["spec"]["predictor"]["canaryTrafficPercent"] == 10
     with pytest.raises(AssertionError, match="canaryTrafficPercent"):
         kube.helm("template", "kind", kube.WITH_MODEL, {"fraudDetector": {"canaryTrafficPercent": 120}})
@@ -98,7 +103,11 @@ def test_credentials_come_from_existing_secrets_and_the_chart_renders_none(rende
     for profile in kube.PROFILES:
         assert not [d for d in objects(render(profile, False)) if d["kind"] == "Secret"]
     default = _secret_refs(objects(render("default", True)))
-    assert default == {"mlplatform-mlflow-backend-store", "mlplatform-mlflow-artifact-store", "mlplatform-feast-registry"}
+    assert default == {
+        "mlplatform-mlflow-backend-store",
+        "mlplatform-mlflow-artifact-store",
+        "mlplatform-feast-registry",
+    }
     production = _secret_refs(objects(render("production", True)))
     assert {"mlplatform-redis", "mlplatform-serving-token"} <= production
     custom = objects(kube.helm_template("default", {"mlflow": {"backendStore": {"existingSecret": "my-db"}}}))
@@ -110,7 +119,9 @@ def test_pipeline_runner_may_only_get_and_patch_inference_services_in_its_namesp
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     roles = [d for d in docs if d["kind"] == "Role"]
     assert len(roles) == 1 and roles[0]["metadata"]["namespace"] == kube.NAMESPACE
-    assert roles[0]["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}]
+    assert roles[0]["rules"] == [
+        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}
+    ]
     binding = find(docs, "RoleBinding")
     assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
     assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == {
@@ -155,17 +166,27 @@ def test_serving_runtime_and_inference_service_follow_the_serving_contract(rende
     assert container["name"] == "kserve-container"
     assert container["image"] == "ghcr.io/mlplatform/mlplatform-serving:0.1.0"
     assert container["command"] == ["python", "-m", "serving.predictor"]
-    assert container["args"] == ["--model_name={{.Name}}", "--model_dir=/mnt/models", "--http_port=8080", "--grpc_port=8081"]
+    assert container["args"] == [
+        "--model_name={{.Name}}",
+        "--model_dir=/mnt/models",
+        "--http_port=8080",
+        "--grpc_port=8081",
+    ]
     assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
 
     isvc = find(docs, "InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["metadata"]["name"] == "fraud-detector"
-    assert isvc["metadata"]["annotations"] == {"mlplatform.io/model-name": "fraud-detector", "mlplatform.io/model-version": "3"}
+    assert isvc["metadata"]["annotations"] == {
+        "mlplatform.io/model-name": "fraud-detector",
+        "mlplatform.io/model-version": "3",
+    }
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "mlplatform-fraud-mlp"} and model["runtime"] == "mlplatform-fraud"
     assert model["storageUri"] == kube.WITH_MODEL["fraudDetector"]["model"]["storageUri"]
     env = {e["name"]: e for e in model["env"]}
-    assert env["MLPLATFORM_SERVING_MODEL_VERSION"]["value"] == "3" and env["MLPLATFORM_SERVING_ROLE"]["value"] == "stable"
+    assert (
+        env["MLPLATFORM_SERVING_MODEL_VERSION"]["value"] == "3" and env["MLPLATFORM_SERVING_ROLE"]["value"] == "stable"
+    )
 
     (transformer,) = isvc["spec"]["transformer"]["containers"]
     assert transformer["name"] == "kserve-container"
@@ -185,7 +206,11 @@ def test_the_helm_test_hook_checks_every_enabled_endpoint(render) -> None:
     pod = find(objects(render("kind", True)), "Pod", "test-endpoints")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     urls = pod["spec"]["containers"][0]["args"]
-    assert [u.split("/")[2].split(".")[0] for u in urls] == ["mlplatform-mlflow", "mlplatform-feature-server", "fraud-detector-predictor"]
+    assert [u.split("/")[2].split(".")[0] for u in urls] == [
+        "mlplatform-mlflow",
+        "mlplatform-feature-server",
+        "fraud-detector-predictor",
+    ]
     assert not [d for d in objects(render("minimal", False)) if d["kind"] == "Pod"]
 
 
@@ -199,9 +224,17 @@ def test_notes_say_how_to_reach_each_endpoint(tmp_path) -> None:
         '{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n'
     )
     result = kube.run(
-        kube.tool("helm"), "template", "mlplatform", str(chart), "--namespace", kube.NAMESPACE,
-        "-f", str(kube.PROFILES["kind"][0]), "--show-only", "templates/notes-rendered.yaml",
-    )  # fmt: skip
+        kube.tool("helm"),
+        "template",
+        "mlplatform",
+        str(chart),
+        "--namespace",
+        kube.NAMESPACE,
+        "-f",
+        str(kube.PROFILES["kind"][0]),
+        "--show-only",
+        "templates/notes-rendered.yaml",
+    )
     notes = objects(result.stdout)[0]["data"]["notes"]
     assert "port-forward svc/mlplatform-mlflow 5000:5000" in notes
     assert "port-forward svc/mlplatform-feature-server 6566:6566" in notes
