@@ -1,7 +1,7 @@
 # Serving image: KServe predictor and transformer (serving/), and the MLflow tracking server and Feast
 # feature server of the Helm chart. CPU only: the same requirements.lock as CI, with torch's CUDA
 # runtime left out and torch pinned to the same version's +cpu build (scripts/cpu_lock.py;
-# docs/adr/0006-images.md explains why).
+# docs/adr/0006-foundations.md explains why).
 # Build: make images (context: the repository root).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
