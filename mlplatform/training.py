@@ -318,6 +318,11 @@ def train_model(
                 f"{checkpoint_dir / CHECKPOINT_FILE} belongs to another run (other data, model or hyperparameters); "
                 "use a new checkpoint directory or delete this one"
             )
+        if state["device_type"] != device.type:
+            raise CheckpointMismatchError(
+                f"{checkpoint_dir / CHECKPOINT_FILE} was written on {state['device_type']}, this run is on "
+                f"{device.type}: the random streams cannot continue; resume on {state['device_type']} or delete it"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -391,6 +396,7 @@ def train_model(
                     {
                         "format": CHECKPOINT_FORMAT,
                         "fingerprint": fingerprint,
+                        "device_type": device.type,
                         "epoch": epoch,
                         "finished": finished,
                         "model": model.state_dict(),

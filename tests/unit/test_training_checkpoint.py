@@ -193,3 +193,13 @@ def test_process_killed_mid_training_resumes_to_the_same_result(tmp_path: Path, 
     resumed = train_model(MODEL, *data, CONFIG, checkpoint_dir=tmp_path / "ckpt")
     assert resumed.resumed_from_epoch == 3
     assert_same_result(resumed, uninterrupted)
+
+
+def test_checkpoint_written_on_another_device_type_is_refused(tmp_path: Path, data) -> None:
+    with pytest.raises(Crash):
+        train_model(MODEL, *data, CONFIG, on_epoch=crash_after(2), checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path)
+    state["device_type"] = "cuda"  # as if written on a GPU node
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointMismatchError, match="written on cuda, this run is on cpu"):
+        train_model(MODEL, *data, CONFIG, checkpoint_dir=tmp_path)
