@@ -10,4 +10,4 @@ HELM="${HELM:-$ROOT/.tools/bin/helm}"
   "$HELM" template mlplatform "$ROOT/helm/mlplatform" --namespace mlplatform --kube-version 1.35.0 \
     -f "$ROOT/manifests/base/values.yaml" | sed -e '/^\s*helm.sh\/chart:/d' \
     -e 's/^\(\s*app.kubernetes.io\/managed-by\): Helm/\1: kustomize/'
-} >"$ROOT/manifests/base/mlplatform.yaml"
+} >"${OUT:-$ROOT/manifests/base/mlplatform.yaml}"

@@ -20,15 +20,11 @@ def build(path: str) -> str:
 
 def test_base_is_the_current_rendering_of_the_chart(tmp_path) -> None:
     """manifests/base/mlplatform.yaml is generated (scripts/render_base.sh), never edited by hand."""
+    out = tmp_path / "mlplatform.yaml"
+    env = {"HELM": kube.tool("helm"), "OUT": str(out), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["bash", "scripts/render_base.sh"], cwd=kube.ROOT, check=True, env=env)
     committed = (kube.ROOT / "manifests/base/mlplatform.yaml").read_text()
-    subprocess.run(
-        ["bash", "scripts/render_base.sh"],
-        cwd=kube.ROOT,
-        check=True,
-        env={"HELM": kube.tool("helm"), "PATH": "/usr/bin:/bin"},
-    )
-    rendered = (kube.ROOT / "manifests/base/mlplatform.yaml").read_text()
-    assert rendered == committed, "manifests/base/mlplatform.yaml is stale: run bash scripts/render_base.sh"
+    assert out.read_text() == committed, "manifests/base/mlplatform.yaml is stale: run bash scripts/render_base.sh"
 
 
 @pytest.mark.parametrize("path", BUILDS)
