@@ -41,3 +41,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     splits = {name: work / f"{name}.parquet" for name in ("train", "validation", "test")}
     run_training_set(raw, settings, 7, 7, splits["train"], splits["validation"], splits["test"])
     return Prepared(settings, raw, ingest, feats, splits)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `gpu` where CUDA is absent; they run on a GPU machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
