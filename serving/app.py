@@ -55,6 +55,14 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if (
+            scope["method"] == "POST"
+            and b"content-type" not in headers
+            and b"inference-header-content-length" not in headers
+        ):
+            # Open Inference Protocol: without Inference-Header-Content-Length the body is JSON (tritonclient
+            # sends no Content-Type); KServe would otherwise read it as binary tensor data.
+            scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
         if self.token is not None and _is_inference(scope["path"]):
             supplied = headers.get(b"authorization", b"")
             if not hmac.compare_digest(supplied, b"Bearer " + self.token):

@@ -1,0 +1,342 @@
+"""Online inference end to end on real processes: a model registered in MLflow, deployed by alias,
+served by the KServe transformer (Feast online store in the real Redis, SQL registry in the real
+PostgreSQL) and predictor, called with real clients (tritonclient, KServe's REST and gRPC clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+import yaml
+
+from components.features.step import run_features
+from components.ingest.step import run_ingest
+from mlplatform import featurestore, tracking
+from mlplatform.deploy import ArtifactInvalid, deploy, serve_local, serving_env
+from mlplatform.features import MODEL_FEATURES, model_input
+from mlplatform.model import load_model, predict_proba, save_model
+from mlplatform.settings import PlatformSettings
+from serving.local import LocalService, start_local
+from serving.prediction_log import read_records
+
+pytestmark = pytest.mark.integration
+
+CONFIG_FILE = "feature_store_redis_postgres.yaml"
+REDIS_DB = int(os.environ.get("MLPLATFORM_TEST_SERVING_REDIS_DB", "12"))
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "upstream" / "kserve" / "rest_predict_v2.yaml"
+NAME = "fraud-detector"
+
+
+@dataclass
+class Served:
+    settings: PlatformSettings
+    raw: pd.DataFrame
+    service: LocalService
+    model_dir: Path
+    version: str
+    features_end_unix_s: float  # the online store holds the latest feature rows up to here
+
+
+def _train_and_register(settings: PlatformSettings, work: Path) -> None:
+    """A small model logged to MLflow and registered (it becomes champion as the first version)."""
+    import mlflow
+
+    from components.training_set.step import run_training_set
+    from mlplatform.model import ModelConfig
+    from mlplatform.training import TrainConfig, train_model
+
+    splits = {n: work / f"{n}.parquet" for n in ("train", "validation", "test")}
+    run_training_set(work / "raw.parquet", settings, 7, 7, splits["train"], splits["validation"], splits["test"])
+    tr, va = pd.read_parquet(splits["train"]), pd.read_parquet(splits["validation"])
+    config = ModelConfig(feature_names=list(MODEL_FEATURES), hidden_units=[32, 16])
+    result = train_model(
+        config,
+        model_input(tr),
+        tr["is_fraud"].to_numpy(np.float32),
+        model_input(va),
+        va["is_fraud"].to_numpy(np.float32),
+        TrainConfig(max_epochs=3),
+    )
+    experiment = tracking.configure(settings)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        config.metadata = {"mlflow_run_id": run.info.run_id}
+        model_dir = save_model(result.model, config, work / "trained")
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    tracking.register_version(NAME, f"{run.info.artifact_uri}/model", run.info.run_id, {}, [])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, redis_info, postgres_databases) -> Iterator[Served]:
+    work = tmp_path_factory.mktemp("serving")
+    db = postgres_databases("serving")
+    env = {
+        "MLPLATFORM_FEAST_REDIS": f"{redis_info.address},db={REDIS_DB}",
+        "MLPLATFORM_FEAST_REGISTRY": db.sqlalchemy_url,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    flush = redis.Redis(host=redis_info.host, port=redis_info.port, db=REDIS_DB)
+    flush.flushdb()
+    settings = PlatformSettings(work_dir=work, feast_config_file=CONFIG_FILE)
+    run_ingest(work / "raw.parquet", n_transactions=20_000, n_days=40, seed=11)
+    features = run_features(work / "raw.parquet", settings)
+    _train_and_register(settings, work)
+    deployed, service = serve_local(settings, "champion")
+    try:
+        end = pd.Timestamp(features.materialized_until).timestamp()
+        yield Served(settings, pd.read_parquet(work / "raw.parquet"), service, Path(deployed.storage_uri), "1", end)
+    finally:
+        service.stop()
+        flush.flushdb()
+        flush.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _recent_pairs(raw: pd.DataFrame, n: int) -> list[tuple[int, int]]:
+    """(customer, merchant) pairs from the last day's transactions: features fresh in both stores."""
+    last = raw.sort_values("event_timestamp").tail(400)
+    pairs = list(dict.fromkeys(zip(last["customer_id"].astype(int), last["merchant_id"].astype(int), strict=True)))
+    return pairs[:n]
+
+
+def _after_end(served: Served, seconds: float = 60.0) -> float:
+    """Whole Unix seconds shortly after the newest materialized feature row (exact in every timestamp type).
+
+    Online features are the latest materialized ones, so only events after that instant see the same
+    values offline (point in time) as online.
+    """
+    return float(int(served.features_end_unix_s) + seconds)
+
+
+def test_transformer_scores_known_and_flags_unknown_entities(served: Served) -> None:
+    (c, m), t = _recent_pairs(served.raw, 1)[0], _after_end(served)
+    body = {
+        "instances": [
+            {"customer_id": c, "merchant_id": m, "amount": 25.0, "timestamp": t, "transaction_id": "known"},
+            {"customer_id": 10**12, "merchant_id": 10**12, "amount": 25.0, "timestamp": t},
+        ]
+    }
+    out = httpx.post(served.service.predict_url, json=body, timeout=10).json()
+    assert out["model_version"] == served.version and out["role"] == "stable"
+    known, unknown = out["predictions"]
+    assert known["transaction_id"] == "known" and known["flags"] == []
+    assert unknown["flags"] == ["unknown_customer", "unknown_merchant"]
+    for p in (known, unknown):
+        assert 0.0 <= p["score"] <= 1.0 and p["is_fraud"] == (p["score"] >= p["threshold"])
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status"),
+    [
+        (b"{not json", {"content-type": "application/json"}, 400),
+        (b'{"instances": [{"customer_id": "x"}]}', {"content-type": "application/json"}, 400),
+        (b'{"instances": []}', {"content-type": "application/json"}, 400),
+        (b'{"instances": [{"customer_id": 1, "merchant_id": 1, "amount": 1e300, "timestamp": 1770682200}]}', {}, 400),
+        (b"\xff\xfe\xfa", {"content-type": "application/json"}, 400),
+        (b"x" * (2 * 1024 * 1024), {"content-type": "application/json"}, 413),
+    ],
+    ids=["malformed", "wrong-type", "empty", "absurd-amount", "invalid-utf8", "oversize"],
+)
+def test_bad_requests_get_4xx_with_a_json_error_and_the_server_keeps_answering(
+    served: Served, content: bytes, headers: dict[str, str], status: int
+) -> None:
+    response = httpx.post(served.service.predict_url, content=content, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    assert "error" in response.json()
+    ok = httpx.post(
+        served.service.predict_url,
+        json={"instances": [{"customer_id": 1, "merchant_id": 1, "amount": 5.0, "timestamp": 1770682200}]},
+        timeout=10,
+    )
+    assert ok.status_code == 200
+
+
+def test_training_serving_parity_within_1e_6(served: Served) -> None:
+    pairs = _recent_pairs(served.raw, 20)
+    start = _after_end(served)
+    rng = np.random.default_rng(3)
+    events = pd.DataFrame(
+        {
+            "customer_id": [c for c, _ in pairs],
+            "merchant_id": [m for _, m in pairs],
+            "amount": np.round(rng.lognormal(3.5, 1.2, len(pairs)), 2),
+            "event_unix_s": [start + 37.0 * i for i in range(len(pairs))],
+        }
+    )
+    events["event_timestamp"] = pd.to_datetime(events["event_unix_s"], unit="s", utc=True)
+    s = served.settings
+    store = featurestore.open_store(s.feast_repo, s.feast_data, s.feast_config_file)
+    offline = store.get_historical_features(
+        entity_df=events, features=store.get_feature_service(featurestore.FEATURE_SERVICE)
+    ).to_df()
+    offline = events[["customer_id", "event_unix_s"]].merge(offline, on=["customer_id", "event_unix_s"], how="left")
+    model, _ = load_model(served.model_dir)
+    expected = predict_proba(model, model_input(offline)).astype(np.float64)
+    body = {
+        "instances": [
+            {
+                "customer_id": int(r.customer_id),
+                "merchant_id": int(r.merchant_id),
+                "amount": float(r.amount),
+                "timestamp": float(r.event_unix_s),
+            }
+            for r in events.itertuples()
+        ]
+    }
+    out = httpx.post(served.service.predict_url, json=body, timeout=10).json()
+    online = np.array([p["score"] for p in out["predictions"]])
+    assert all(p["flags"] == [] for p in out["predictions"])
+    np.testing.assert_allclose(online, expected, rtol=0, atol=1e-6)
+
+
+def test_predictor_speaks_open_inference_protocol_to_tritonclient(served: Served) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{served.service.predictor_port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+    meta = client.get_model_metadata(NAME)
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, len(MODEL_FEATURES)]}]
+    rows = np.ones((3, len(MODEL_FEATURES)), np.float32)
+    infer_input = triton.InferInput("features", list(rows.shape), "FP32")
+    infer_input.set_data_from_numpy(rows, binary_data=False)
+    result = client.infer(NAME, [infer_input], outputs=[triton.InferRequestedOutput("score", binary_data=False)])
+    scores = result.as_numpy("score")
+    model, _ = load_model(served.model_dir)
+    np.testing.assert_allclose(scores, predict_proba(model, rows), atol=1e-6)
+
+
+def test_kserve_rest_and_grpc_clients_get_the_same_scores(served: Served) -> None:
+    asyncio.run(_kserve_clients(served))
+
+
+async def _kserve_clients(served: Served) -> None:
+    from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    rows = np.full((2, len(MODEL_FEATURES)), 0.5, np.float32)
+    v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=10))
+    out_v1 = await v1.infer(served.service.predictor_url, {"instances": rows.tolist()}, model_name=NAME)
+    await v1.close()
+    request = InferRequest(NAME, [InferInput("features", list(rows.shape), "FP32", rows.tolist())])
+    v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=10))
+    out_v2 = await v2.infer(served.service.predictor_url, request, model_name=NAME)
+    await v2.close()
+    grpc = InferenceGRPCClient(f"127.0.0.1:{served.service.predictor_grpc_port}", timeout=10)
+    grpc_input = InferInput("features", list(rows.shape), "FP32")
+    grpc_input.set_data_from_numpy(rows, binary_data=False)
+    out_grpc = await grpc.infer(InferRequest(NAME, [grpc_input]))
+    await grpc.close()
+    v2_scores = out_v2.outputs[0].as_numpy()
+    np.testing.assert_allclose(out_v1["predictions"], v2_scores, atol=1e-6)
+    np.testing.assert_allclose(out_grpc.outputs[0].as_numpy(), v2_scores, atol=1e-6)
+
+
+def _without_nulls(obj: dict, optional: set[str]) -> dict:
+    """KServe 0.21 writes absent optional fields (`versions`, `parameters`) as null where the spec leaves
+    them out; drop exactly those (and fail on any other null)."""
+    nulls = {k for k, v in obj.items() if v is None}
+    assert nulls <= optional, f"unexpected null fields {nulls - optional}"
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+def _spec_validator(name: str) -> jsonschema.Draft7Validator:
+    spec = yaml.safe_load(SPEC.read_text())
+    return jsonschema.Draft7Validator({"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
+
+
+def test_v2_routes_follow_the_protocol_spec(served: Served) -> None:
+    base = served.service.predictor_url
+    with httpx.Client(base_url=base, timeout=10) as c:
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.get(f"/v2/models/{NAME}/ready").status_code == 200
+        _spec_validator("metadata_server_response").validate(c.get("/v2").json())
+        meta = _without_nulls(c.get(f"/v2/models/{NAME}").json(), {"versions"})
+        _spec_validator("metadata_model_response").validate(meta)
+        request = {"inputs": [{"name": "features", "shape": [1, 13], "datatype": "FP32", "data": [0.5] * 13}]}
+        _spec_validator("inference_request").validate(request)
+        response = c.post(f"/v2/models/{NAME}/infer", json=request)
+        assert response.status_code == 200
+        body = _without_nulls(response.json(), {"parameters", "id"})
+        body["outputs"] = [_without_nulls(o, {"parameters"}) for o in body["outputs"]]
+        _spec_validator("inference_response").validate(body)
+        error = c.post(
+            f"/v2/models/{NAME}/infer",
+            json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+        )
+        assert error.status_code == 400
+        _spec_validator("inference_error_response").validate(error.json())
+
+
+def test_metrics_carry_model_version_and_role(served: Served) -> None:
+    text = httpx.get(f"{served.service.url}/metrics", timeout=10).text
+    for family in (
+        "mlplatform_inference_requests_total",
+        "mlplatform_inference_stage_seconds_bucket",
+        "mlplatform_feature_lookup_seconds_bucket",
+        "mlplatform_feature_misses_total",
+        "mlplatform_prediction_score_bucket",
+        "mlplatform_model_info",
+        "mlplatform_prediction_log_records_total",
+        "request_preprocess_seconds_bucket",  # KServe's own stage histograms stay
+    ):
+        assert family in text, family
+    assert (
+        'mlplatform_inference_requests_total{component="transformer",model_name="fraud-detector",model_version="1"'
+        ',outcome="ok",role="stable"}' in text
+    )
+    predictor = httpx.get(f"{served.service.predictor_url}/metrics", timeout=10).text
+    assert 'mlplatform_model_info{component="predictor"' in predictor
+
+
+def test_corrupt_artifact_is_refused_before_serving(served: Served, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(served.model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    from mlplatform.deploy import verify_artifact
+
+    with pytest.raises(ArtifactInvalid, match="cannot be served"):
+        verify_artifact(broken)
+    assert deploy(served.settings, "champion").model_version == served.version  # the registered one is fine
+
+
+def test_graceful_stop_logs_every_answered_prediction_and_a_dead_predictor_means_503(
+    served: Served, tmp_path: Path
+) -> None:
+    env = {**serving_env(served.settings, served.version), "MLPLATFORM_SERVING_PREDICTION_LOG_DIR": str(tmp_path / "p")}
+    service = start_local(served.model_dir, env=env, log_dir=tmp_path / "logs")
+    try:
+        (c, m), t = _recent_pairs(served.raw, 1)[0], _after_end(served)
+        answered = 0
+        with httpx.Client(timeout=10) as client:
+            for i in range(60):
+                tx = {"customer_id": c, "merchant_id": m, "amount": 10.0 + i, "timestamp": t + i}
+                r = client.post(service.predict_url, json={"instances": [tx, {**tx, "amount": 99.0}]})
+                assert r.status_code == 200
+                answered += len(r.json()["predictions"])
+            service.processes["predictor"].send_signal(signal.SIGKILL)
+            service.processes["predictor"].wait()
+            r = client.post(service.predict_url, json={"instances": [tx]})
+            assert r.status_code == 503 and r.json()["dependency"] == "predictor" and "Retry-After" in r.headers
+    finally:
+        codes = service.stop()
+    assert codes["transformer"] == 0
+    records = list(read_records(tmp_path / "p"))
+    assert len(records) == answered == 120
+    assert {r["model_version"] for r in records} == {served.version}
+    assert set(records[0]["features"]) == set(MODEL_FEATURES)
