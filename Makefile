@@ -82,8 +82,16 @@ compile: venv ## compile the training pipeline to build/training_pipeline.yaml
 bench-pipeline: venv ## wall time per pipeline step at 100k and 1M transactions (JSON)
 	$(PY) benchmarks/bench_pipeline.py --sizes 100000 1000000 --output benchmarks/results/pipeline.json
 
+.PHONY: bench-train
+bench-train: venv ## training loop vs a bare PyTorch loop, samples/s per batch size (CUDA if present, JSON)
+	$(PY) benchmarks/bench_train.py --variants
+
+.PHONY: test-gpu
+test-gpu: ## the gpu tests; needs only torch, numpy, safetensors and pytest (a bare GPU machine)
+	python -m pytest --noconftest -q -m gpu tests/unit/test_training_gpu.py
+
 .PHONY: bench
-bench: bench-pipeline ## all benchmarks
+bench: bench-pipeline bench-train ## all benchmarks
 
 .PHONY: clean
 clean: ## remove run outputs (keeps .venv)
