@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ RESULT_FILE = "training_result.json"
 def save_training_data(path: Path, arrays: dict[str, np.ndarray], feature_names: list[str]) -> Path:
     """Write the arrays `train_ddp` reads (`DATA_KEYS`) and the feature names to one .npz (no pickle)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, feature_names=np.array(feature_names), **{k: arrays[k] for k in DATA_KEYS})
+    contents: dict[str, Any] = {"feature_names": np.array(feature_names), **{k: arrays[k] for k in DATA_KEYS}}
+    np.savez(path, **contents)
     return path
 
 
@@ -60,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:
         with np.load(args.data, allow_pickle=False) as data:
-            arrays = [data[k] for k in DATA_KEYS]
+            x_train, y_train, x_val, y_val = (data[k] for k in DATA_KEYS)
             feature_names = [str(n) for n in data["feature_names"]]
         model_config = ModelConfig(feature_names=feature_names, hidden_units=args.hidden_units, dropout=args.dropout)
-        result = train_model(model_config, *arrays, config, checkpoint_dir=args.checkpoint_dir)
+        result = train_model(model_config, x_train, y_train, x_val, y_val, config, checkpoint_dir=args.checkpoint_dir)
         if dist.get_rank() == 0:
             save_model(result.model, model_config, args.output)
             summary = {

@@ -169,10 +169,10 @@ def _fingerprint(model_config: ModelConfig, config: TrainConfig, speed: tuple[bo
 
 
 def _rng_state() -> dict[str, Any]:
-    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # MT19937 key, position, Gaussian cache
     return {
         "python": random.getstate(),
-        "numpy": (torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "numpy": (torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -315,12 +315,12 @@ def train_model(
     if state is not None:
         if state["fingerprint"] != fingerprint:
             raise CheckpointMismatchError(
-                f"{checkpoint_dir / CHECKPOINT_FILE} belongs to another run (other data, model or hyperparameters); "
+                f"{checkpoint_dir}/{CHECKPOINT_FILE} belongs to another run (other data, model or hyperparameters); "
                 "use a new checkpoint directory or delete this one"
             )
         if state["device_type"] != device.type:
             raise CheckpointMismatchError(
-                f"{checkpoint_dir / CHECKPOINT_FILE} was written on {state['device_type']}, this run is on "
+                f"{checkpoint_dir}/{CHECKPOINT_FILE} was written on {state['device_type']}, this run is on "
                 f"{device.type}: the random streams cannot continue; resume on {state['device_type']} or delete it"
             )
         model.load_state_dict(state["model"])
@@ -387,7 +387,7 @@ def train_model(
             stale += 1
         finished = stale >= config.patience or epoch == config.max_epochs
         if checkpoint_dir is not None and (save_due or finished):
-            rng = [_rng_state()]
+            rng: list[Any] = [_rng_state()]
             if world > 1:
                 rng = [None] * world
                 dist.all_gather_object(rng, _rng_state())
