@@ -38,7 +38,7 @@ services-down: ## stop the test services
 	bash scripts/services.sh down
 
 .PHONY: run
-run: venv ## the main job: train, validate, register (and serve) on embedded defaults
+run: venv ## the main job: train, register, then serve the champion locally and show predictions
 	$(VENV)/bin/mlplatform run --work-dir $(RUN_DIR)
 
 .PHONY: test
@@ -90,8 +90,12 @@ bench-train: venv ## training loop vs a bare PyTorch loop, samples/s per batch s
 test-gpu: ## the gpu tests; needs only torch, numpy, safetensors and pytest (a bare GPU machine)
 	python -m pytest --noconftest -q -m gpu tests/unit/test_training_gpu.py
 
+.PHONY: bench-serving
+bench-serving: venv services ## full local serving path vs a one-process baseline: RPS, p50/p95/p99, CPU (JSON)
+	$(PY) benchmarks/bench_serving.py --output benchmarks/results/serving.json
+
 .PHONY: bench
-bench: bench-pipeline bench-train ## all benchmarks
+bench: bench-pipeline bench-train bench-serving ## all benchmarks
 
 .PHONY: clean
 clean: ## remove run outputs (keeps .venv)

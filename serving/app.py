@@ -6,6 +6,7 @@ import argparse
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,18 +26,31 @@ def _is_inference(path: str) -> bool:
 
 
 class GuardMiddleware:
-    """Pure ASGI middleware: 401 without the bearer token (when configured), 413 for oversize bodies.
+    """Pure ASGI middleware in front of KServe's app: 401 without the bearer token (when one is configured),
+    413 for oversize bodies, 503 + Retry-After when `max_inflight` inference requests are already running.
 
     Args:
         app: The wrapped ASGI app.
         token: Required bearer token, or None for no check.
+        max_inflight: Inference requests in progress at once.
+        on_reject: Called with the outcome (unauthorized, unavailable) of each request turned away.
         max_body_bytes: Largest accepted body.
     """
 
-    def __init__(self, app: Any, token: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: Any,
+        token: str | None,
+        max_inflight: int = 64,
+        on_reject: Callable[[str], None] | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self.app = app
         self.token = token.encode() if token else None
+        self.max_inflight = max_inflight
+        self.on_reject = on_reject or (lambda outcome: None)
         self.max_body_bytes = max_body_bytes
+        self.inflight = 0
 
     async def _reject(self, send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
         body = json.dumps({"error": message}).encode()
@@ -63,9 +77,11 @@ class GuardMiddleware:
             # Open Inference Protocol: without Inference-Header-Content-Length the body is JSON (tritonclient
             # sends no Content-Type); KServe would otherwise read it as binary tensor data.
             scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
-        if self.token is not None and _is_inference(scope["path"]):
+        inference = _is_inference(scope["path"])
+        if self.token is not None and inference:
             supplied = headers.get(b"authorization", b"")
             if not hmac.compare_digest(supplied, b"Bearer " + self.token):
+                self.on_reject("unauthorized")
                 await self._reject(
                     send,
                     401,
@@ -77,10 +93,22 @@ class GuardMiddleware:
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await self._reject(send, 413, f"request body larger than {self.max_body_bytes} bytes", [])
             return
-        if length is None and scope["method"] in ("POST", "PUT"):
-            await self.app(scope, self._limited(receive), send)
+        if inference and self.inflight >= self.max_inflight:
+            self.on_reject("unavailable")
+            await self._reject(
+                send, 503, f"overloaded: {self.inflight} requests in progress; retry shortly", [(b"retry-after", b"1")]
+            )
             return
-        await self.app(scope, receive, send)
+        if length is None and scope["method"] in ("POST", "PUT"):
+            receive = self._limited(receive)
+        if not inference:
+            await self.app(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
     def _limited(self, receive: Any) -> Any:
         seen = 0
@@ -105,7 +133,9 @@ class BodyTooLarge(ValueError):
         super().__init__(f"request body larger than {limit} bytes")
 
 
-def prepare_app(settings: ServingSettings, app: FastAPI | None = None) -> FastAPI:
+def prepare_app(
+    settings: ServingSettings, app: FastAPI | None = None, on_reject: Callable[[str], None] | None = None
+) -> FastAPI:
     """Install the error handlers and the guard on KServe's app (before `ModelServer.start`)."""
     app = app or model_server.app
     install_handlers(app)
@@ -117,13 +147,14 @@ def prepare_app(settings: ServingSettings, app: FastAPI | None = None) -> FastAP
 
     app.add_exception_handler(BodyTooLarge, _too_large)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    app.add_middleware(GuardMiddleware, token=token)
+    app.add_middleware(GuardMiddleware, token=token, max_inflight=settings.max_inflight_requests, on_reject=on_reject)
     return app
 
 
 def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> None:
     """Run KServe's model server for `model` (loaded) with our app additions, until SIGTERM/SIGINT."""
-    prepare_app(settings)
+    metrics = getattr(model, "metrics", None)
+    prepare_app(settings, on_reject=metrics.request if metrics is not None else None)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -133,4 +164,9 @@ def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> 
     if not settings.access_log:  # after ModelServer, which (re)configures logging
         for name in ("uvicorn.access", "kserve.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # KServe's TimingMiddleware only feeds the kserve.trace lines silenced above, but resolves the route
+        # name of every request by matching all routes: skip installing it in this (our own) process.
+        from kserve.protocol.rest.server import RESTServer
+
+        RESTServer._add_middlewares = lambda self, app: None
     server.start([model])

@@ -6,6 +6,8 @@ component (transformer/predictor). Never a request id or a customer id.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 LABELS = ("model_name", "model_version", "role", "component")
@@ -123,8 +125,12 @@ class ServingMetrics:
             LABELS,
             registry=registry,
         )
-        for outcome in OUTCOMES:  # every outcome exists from the start, so rates are never "no data"
-            self.requests.labels(**self.labels, outcome=outcome)
+        # Children bound once: a labels() lookup per observation costs more than the observation.
+        # Every outcome exists from the start, so rates are never "no data".
+        self._requests = {o: self.requests.labels(**self.labels, outcome=o) for o in OUTCOMES}
+        self._stages: dict[str, Any] = {}
+        self._score = self.score.labels(**self.labels)
+        self._instances = self.instances.labels(**self.labels)
 
     def info(self, mlflow_run_id: str) -> None:
         """Publish the model info series."""
@@ -132,18 +138,20 @@ class ServingMetrics:
 
     def request(self, outcome: str) -> None:
         """Count one answered request."""
-        self.requests.labels(**self.labels, outcome=outcome).inc()
+        self._requests[outcome].inc()
 
     def stage(self, stage: str, seconds: float) -> None:
         """Observe one stage's latency."""
-        self.stage_seconds.labels(**self.labels, stage=stage).observe(seconds)
+        child = self._stages.get(stage)
+        if child is None:
+            child = self._stages[stage] = self.stage_seconds.labels(**self.labels, stage=stage)
+        child.observe(seconds)
 
     def scores(self, values: list[float]) -> None:
         """Observe returned scores."""
-        h = self.score.labels(**self.labels)
         for v in values:
-            h.observe(v)
-        self.instances.labels(**self.labels).inc(len(values))
+            self._score.observe(v)
+        self._instances.inc(len(values))
 
     def fallback(self, reason: str, n: int = 1) -> None:
         """Count scores replaced by the fallback."""

@@ -41,6 +41,12 @@ class ServingSettings(BaseSettings):
     predictor_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of one call from the transformer to the predictor."
     )
+    max_inflight_requests: int = Field(
+        default=64,
+        ge=1,
+        description="Inference requests in progress at once; more are answered 503 with Retry-After at once "
+        "(shedding load instead of queueing until clients time out).",
+    )
     max_batch_size: int = Field(default=256, ge=1, description="Most transactions in one request.")
     max_amount: float = Field(
         default=1_000_000.0, gt=0, description="Largest plausible transaction amount; larger ones are rejected."

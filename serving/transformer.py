@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import numpy as np
+import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model, model_server
 from kserve.errors import InvalidInput
 
@@ -106,6 +106,7 @@ class FraudTransformer(Model):
         self.store = store
         self.metrics = metrics or ServingMetrics(name, settings.model_version, settings.role, "transformer")
         self.log: PredictionLog | None = None
+        self._session: Any = None  # aiohttp.ClientSession to the predictor, created in the server's loop
         self._async_reads = False
 
     def load(self) -> bool:
@@ -221,6 +222,34 @@ class FraudTransformer(Model):
             started=started,
         )
 
+    async def _call_predictor(self, body: bytes, headers: dict[str, str]) -> Any:
+        """POST a v1 request to the predictor with the settings' deadline.
+
+        aiohttp with its own timeout, not KServe's httpx client under `asyncio.wait_for`: a request
+        cancelled inside httpx's connection pool can leave the pool stuck, and then every later call
+        times out although the predictor is healthy.
+        """
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.settings.max_inflight_requests),
+                timeout=aiohttp.ClientTimeout(total=self.settings.predictor_timeout_seconds),
+            )
+        url = f"{self.predictor_config.predictor_base_url}/v1/models/{self.name}:predict"
+        try:
+            async with self._session.post(url, data=body, headers=headers) as response:
+                content = await response.read()
+                if response.status != 200:
+                    raise ServiceUnavailable("predictor", f"answered {response.status}")
+                return orjson.loads(content)
+        except TimeoutError:
+            raise ServiceUnavailable("predictor", "no answer within the deadline") from None
+        except aiohttp.ClientError as exc:
+            raise ServiceUnavailable("predictor", f"unreachable ({type(exc).__name__})") from None
+        except orjson.JSONDecodeError:
+            raise ServiceUnavailable("predictor", "answered something that is not JSON") from None
+
     def validate(self, payload: Any) -> Any:
         return payload  # preprocess has validated the request and built the predictor's input
 
@@ -229,24 +258,10 @@ class FraudTransformer(Model):
         start = time.perf_counter()
         forward = {"x-request-id": scoring.request_id, "content-type": "application/json"}
         try:
-            response = await asyncio.wait_for(
-                self._http_client.infer(
-                    self.predictor_config.predictor_base_url,
-                    model_name=self.name,
-                    data={"instances": scoring.rows.tolist()},
-                    headers=forward,
-                ),
-                timeout=self.settings.predictor_timeout_seconds,
-            )
-        except TimeoutError:
+            response = await self._call_predictor(orjson.dumps({"instances": scoring.rows.tolist()}), forward)
+        except ServiceUnavailable:
             self.metrics.request("unavailable")
-            raise ServiceUnavailable("predictor", "no answer within the deadline") from None
-        except httpx.HTTPStatusError as exc:
-            self.metrics.request("unavailable")
-            raise ServiceUnavailable("predictor", f"answered {exc.response.status_code}") from None
-        except httpx.HTTPError as exc:
-            self.metrics.request("unavailable")
-            raise ServiceUnavailable("predictor", f"unreachable ({type(exc).__name__})") from None
+            raise
         predictions = response.get("predictions") if isinstance(response, dict) else None
         if not isinstance(predictions, list) or len(predictions) != len(scoring.transactions):
             self.metrics.request("error")
