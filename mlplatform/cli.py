@@ -99,7 +99,9 @@ def demo_transactions(settings: PlatformSettings, n: int = 4) -> list[dict[str, 
     last = customers.sort_values("event_timestamp").groupby("customer_id").tail(1).tail(n)
     risky = merchants.sort_values("event_timestamp").groupby("merchant_id").tail(1)
     risky = risky.sort_values("merchant_fraud_rate_30d", ascending=False)
-    when = customers["event_timestamp"].max() + pd.Timedelta(minutes=5)
+    end = customers["event_timestamp"].max()
+    when = end.normalize() + pd.Timedelta(hours=14)  # an afternoon: night hours are a fraud signal
+    when = when if when > end else when + pd.Timedelta(days=1)
     out = []
     for i, row in enumerate(last.itertuples()):
         ordinary = i % 2 == 0

@@ -152,19 +152,19 @@ def start_local(
         ],
     }
     try:
-        for role, args in commands.items():
+        for role, args in commands.items():  # both start at once: the transformer needs no predictor to load
             log = log_dir / f"{role}.log"
             with log.open("ab") as out:
-                proc = subprocess.Popen(
+                service.processes[role] = subprocess.Popen(
                     [sys.executable, *args, f"--model_name={model_name}"],
                     env=full_env,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                 )
-            service.processes[role] = proc
-            port = service.predictor_port if role == "predictor" else service.transformer_port
-            _wait_ready(proc, f"http://127.0.0.1:{port}/v2/models/{model_name}/ready", log, timeout_seconds)
+        for role, port in (("predictor", service.predictor_port), ("transformer", service.transformer_port)):
+            url = f"http://127.0.0.1:{port}/v2/models/{model_name}/ready"
+            _wait_ready(service.processes[role], url, log_dir / f"{role}.log", timeout_seconds)
     except BaseException:
         service.stop(timeout_seconds=10)
         raise

@@ -79,3 +79,24 @@ def test_same_seed_gives_identical_metrics_and_the_second_model_is_challenger(tw
     assert second.summary["registered"] and second.summary["aliases"] == ["challenger"]
     assert tracking.get_alias("fraud-detector", "champion").version == "1"
     assert tracking.get_alias("fraud-detector", "challenger").version == "2"
+
+
+def test_pipeline_deploy_step_verified_the_champion_and_it_serves_locally(two_runs) -> None:
+    """The end of `make run`: the deploy step prepared the champion; served, it scores demo transactions."""
+    import httpx
+
+    from mlplatform.cli import demo_transactions
+    from mlplatform.deploy import local_model_dir, resolve, serve_local
+
+    _, _, settings = two_runs
+    champion = resolve(settings, "champion")
+    assert (local_model_dir(settings, champion) / "model_config.json").is_file()  # written by the deploy step
+    deployed, service = serve_local(settings, "champion")
+    with service:
+        body = {"instances": demo_transactions(settings)}
+        response = httpx.post(service.predict_url, json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["model_version"] == deployed.model_version == champion.version
+    assert len(out["predictions"]) == len(body["instances"]) >= 2
+    assert all(p["flags"] == [] for p in out["predictions"])  # known customers and merchants
