@@ -340,3 +340,69 @@ def test_graceful_stop_logs_every_answered_prediction_and_a_dead_predictor_means
     assert len(records) == answered == 120
     assert {r["model_version"] for r in records} == {served.version}
     assert set(records[0]["features"]) == set(MODEL_FEATURES)
+
+
+def test_cli_deploy_dry_run_prints_the_inference_service_and_refuses_what_a_cluster_cannot_fetch(
+    served: Served,
+) -> None:
+    from typer.testing import CliRunner
+
+    from mlplatform.cli import app
+
+    runner = CliRunner()
+    work = ["--work-dir", str(served.settings.work_dir)]
+    local = runner.invoke(app, ["deploy", "--alias", "champion", "--dry-run", *work])
+    assert local.exit_code == 0, local.output
+    manifest = yaml.safe_load(local.output)
+    assert manifest["kind"] == "InferenceService"
+    assert manifest["metadata"]["annotations"]["mlplatform.io/model-version"] == served.version
+    cluster = runner.invoke(app, ["deploy", "--target", "cluster", "--dry-run", *work])
+    assert cluster.exit_code == 2 and "not fetchable from a cluster" in cluster.output
+    missing = runner.invoke(app, ["deploy", "--alias", "nope", "--dry-run", *work])
+    assert missing.exit_code == 2 and "no version of model 'fraud-detector' has alias 'nope'" in missing.output
+
+
+def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from serving.local import free_port
+
+    port = free_port()
+    env = {**os.environ, "MLPLATFORM_FEAST_CONFIG_FILE": CONFIG_FILE}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlplatform.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--work-dir",
+            str(served.settings.work_dir),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/{NAME}:predict"
+        body = {"instances": [{"customer_id": 1, "merchant_id": 1, "amount": 5.0, "timestamp": 1770682200}]}
+        status = None
+        with httpx.Client(timeout=5) as client:
+            for _ in range(600):  # readiness: up to 120 s
+                try:
+                    status = client.post(url, json=body).status_code
+                    break
+                except httpx.HTTPError:
+                    if proc.poll() is not None:
+                        break
+                    import time
+
+                    time.sleep(0.2)
+        assert status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"stopped" in out
