@@ -68,11 +68,8 @@ def psi(reference: Mapping[str, Any], values: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     if len(edges) < 2 or v.size == 0:
         return float("nan")
-    expected = np.asarray(reference["proportions"], dtype=np.float64)
     actual = np.histogram(v, bins=np.asarray(edges))[0] / v.size
-    expected = np.clip(expected, _EPS, None)
-    actual = np.clip(actual, _EPS, None)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
+    return psi_of_proportions(reference["proportions"], actual)
 
 
 def ks_statistic(reference: Mapping[str, Any], values: np.ndarray) -> float:
@@ -82,6 +79,40 @@ def ks_statistic(reference: Mapping[str, Any], values: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     if edges.size < 2 or v.size == 0:
         return float("nan")
-    ref_cdf = np.cumsum(reference["proportions"])[:-1]
     live_cdf = np.searchsorted(np.sort(v), edges[1:-1], side="right") / v.size
-    return float(np.max(np.abs(ref_cdf - live_cdf))) if ref_cdf.size else 0.0
+    return ks_of_cdfs(np.cumsum(reference["proportions"])[:-1], live_cdf)
+
+
+def psi_of_proportions(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
+    """Population stability index of two binned distributions (proportions over the same bins).
+
+    Empty bins are clipped to a small epsilon so that a bin empty on one side gives a large, finite term.
+    """
+    e = np.clip(np.asarray(expected, dtype=np.float64), _EPS, None)
+    a = np.clip(np.asarray(actual, dtype=np.float64), _EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def ks_of_cdfs(expected_cdf: Sequence[float] | np.ndarray, actual_cdf: Sequence[float] | np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance of two CDFs evaluated at the same inner bin edges (0 without inner edges)."""
+    e = np.asarray(expected_cdf, dtype=np.float64)
+    a = np.asarray(actual_cdf, dtype=np.float64)
+    return float(np.max(np.abs(e - a))) if e.size else 0.0
+
+
+def psi_of_counts(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
+    """PSI of two histograms given as counts per bin (same bins); NaN when either side is empty."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.sum() <= 0 or a.sum() <= 0:
+        return float("nan")
+    return psi_of_proportions(e / e.sum(), a / a.sum())
+
+
+def ks_of_counts(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
+    """KS distance of two histograms given as counts per bin (same bins); NaN when either side is empty."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.sum() <= 0 or a.sum() <= 0:
+        return float("nan")
+    return ks_of_cdfs(np.cumsum(e)[:-1] / e.sum(), np.cumsum(a)[:-1] / a.sum())

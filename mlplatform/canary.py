@@ -1,0 +1,292 @@
+"""Canary analysis: judge one traffic step of a new model version against the stable one on measured evidence."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlplatform.stats import ks_of_counts, psi_of_counts
+
+
+class CanarySettings(BaseSettings):
+    """Traffic steps and the thresholds one analysis step applies.
+
+    Each field is read from the environment variable `MLPLATFORM_CANARY_<FIELD NAME>`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MLPLATFORM_CANARY_", extra="forbid")
+
+    traffic_steps_percent: list[int] = Field(
+        default=[10, 25, 50, 100],
+        description="Share of traffic the canary serves at each step; every step below 100 is analysed, reaching "
+        "100 is the promotion.",
+    )
+    step_window_seconds: int = Field(
+        default=300, ge=30, description="Length of the metrics window one step is analysed over."
+    )
+    min_requests: int = Field(
+        default=200,
+        ge=1,
+        description="Requests each side (canary and stable) must have answered in the window before any verdict "
+        "but WAIT; below that the evidence is noise.",
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Highest canary server error rate (outcome error or unavailable)."
+    )
+    max_error_rate_increase: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="Highest canary error rate above the stable one in the same window (rate points).",
+    )
+    max_p99_latency_seconds: float = Field(
+        default=0.1, gt=0, description="Highest canary p99 end-to-end latency (transformer stage total)."
+    )
+    max_p99_latency_ratio: float = Field(
+        default=1.5, ge=1, description="Highest canary p99 latency as a multiple of the stable p99."
+    )
+    p99_latency_tolerance_seconds: float = Field(
+        default=0.002,
+        ge=0,
+        description="A canary p99 within this much of the stable p99 passes the ratio check (bucket resolution "
+        "near 1 ms makes ratios of tiny latencies noise).",
+    )
+    max_score_psi: float = Field(
+        default=0.2, ge=0, description="Highest PSI of the canary score histogram against the stable one."
+    )
+    max_score_ks: float = Field(
+        default=0.15, ge=0, le=1, description="Highest KS distance of the canary score histogram from the stable one."
+    )
+    max_fallback_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Highest share of canary scores replaced by the fallback heuristic."
+    )
+    min_precision: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Lowest canary precision on labelled feedback; unset, or no labels in the window: not checked.",
+    )
+    min_recall: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Lowest canary recall on labelled feedback; unset, or no labels in the window: not checked.",
+    )
+
+    @field_validator("traffic_steps_percent")
+    @classmethod
+    def _steps_increase_to_100(cls, v: list[int]) -> list[int]:
+        if not v or any(not 0 < s <= 100 for s in v) or any(a >= b for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError(f"must be strictly increasing percentages in (0, 100], got {v}")
+        if v[-1] != 100:
+            raise ValueError(f"must end at 100 (the promotion), got {v}")
+        return v
+
+
+@dataclass(frozen=True)
+class StepEvidence:
+    """What one side (canary or stable) did during a step's window; counts are Prometheus increases (floats).
+
+    Attributes:
+        requests: Inference requests answered, every outcome.
+        errors: Requests answered with a server error (outcome error or unavailable).
+        p99_seconds: p99 end-to-end latency; None when no latency was observed.
+        fallbacks: Scores replaced by the fallback heuristic.
+        score_buckets: Cumulative score histogram as Prometheus keeps it: (upper bound `le`, count) pairs in
+            increasing order, the last one `inf` (every score); empty when no score was observed.
+        precision: Precision on labelled feedback of the window; None without labels.
+        recall: Recall on labelled feedback of the window; None without labels.
+    """
+
+    requests: float
+    errors: float
+    p99_seconds: float | None
+    fallbacks: float
+    score_buckets: tuple[tuple[float, float], ...] = ()
+    precision: float | None = None
+    recall: float | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests > 0 else math.nan
+
+    @property
+    def scores(self) -> float:
+        """Scores observed (the histogram's +Inf bucket)."""
+        return self.score_buckets[-1][1] if self.score_buckets else 0.0
+
+
+class Decision(enum.StrEnum):
+    PROMOTE_STEP = "promote_step"  # every check passed on enough evidence: advance to the next traffic step
+    ROLLBACK = "rollback"  # a check failed on enough evidence: send all traffic back to stable
+    WAIT = "wait"  # not enough evidence yet (too few requests, a metric unavailable): analyse again later
+
+
+class CheckStatus(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    UNAVAILABLE = "unavailable"  # could not be measured: blocks promotion
+    SKIPPED = "skipped"  # not configured, or optional evidence (labels) absent: blocks nothing
+
+
+@dataclass(frozen=True)
+class Check:
+    """One threshold check: what was measured against what was allowed."""
+
+    name: str
+    status: CheckStatus
+    measured: float | None
+    allowed: float | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision of one analysis step and every check behind it."""
+
+    decision: Decision
+    checks: tuple[Check, ...]
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why: the failed checks for ROLLBACK, the unavailable ones for WAIT, nothing for PROMOTE_STEP."""
+        wanted = {Decision.ROLLBACK: CheckStatus.FAILED, Decision.WAIT: CheckStatus.UNAVAILABLE}.get(self.decision)
+        return [str(c) for c in self.checks if c.status == wanted]
+
+
+def _upper(name: str, measured: float | None, allowed: float, what: str, unit: str = "") -> Check:
+    """A check that passes when `measured` <= `allowed`; unavailable when it could not be measured."""
+    if measured is None or math.isnan(measured):
+        return Check(name, CheckStatus.UNAVAILABLE, None, allowed, f"{what} unavailable (allowed <= {allowed:g}{unit})")
+    ok = measured <= allowed
+    word = "within" if ok else "exceeds"
+    return Check(
+        name,
+        CheckStatus.PASSED if ok else CheckStatus.FAILED,
+        measured,
+        allowed,
+        f"{what} {measured:.4g}{unit} {word} allowed {allowed:.4g}{unit}",
+    )
+
+
+def _lower(name: str, measured: float | None, minimum: float | None, what: str) -> Check:
+    """A check that passes when `measured` >= `minimum`; skipped when unset or not measured (optional evidence)."""
+    if minimum is None:
+        return Check(name, CheckStatus.SKIPPED, measured, None, f"{what}: no minimum configured")
+    if measured is None or math.isnan(measured):
+        return Check(name, CheckStatus.SKIPPED, None, minimum, f"{what}: no labelled feedback in the window")
+    ok = measured >= minimum
+    word = "meets" if ok else "below"
+    return Check(
+        name,
+        CheckStatus.PASSED if ok else CheckStatus.FAILED,
+        measured,
+        minimum,
+        f"{what} {measured:.4g} {word} minimum {minimum:.4g}",
+    )
+
+
+def bin_counts(
+    canary: Sequence[tuple[float, float]], stable: Sequence[tuple[float, float]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-bin counts of two cumulative histograms on the bucket bounds they share, or None without two bins.
+
+    A cumulative histogram read at a subset of its bounds is an exact coarser histogram, so versions whose
+    buckets differ are still compared, on their common bounds.
+    """
+    c, s = dict(canary), dict(stable)
+    shared = sorted(set(c) & set(s))
+    if len(shared) < 2 or shared[-1] != math.inf:
+        return None
+    cum_c = np.array([c[le] for le in shared])
+    cum_s = np.array([s[le] for le in shared])
+    return np.diff(cum_c, prepend=0.0), np.diff(cum_s, prepend=0.0)
+
+
+def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings) -> Verdict:
+    """Judge one traffic step: ROLLBACK if any check fails, WAIT if any cannot be made, else PROMOTE_STEP.
+
+    Never promotes without evidence: below `min_requests` on either side, or with any metric unavailable,
+    the verdict is WAIT. Below `min_requests` on the canary side nothing else is judged (a handful of
+    requests is noise either way); with enough canary requests, the checks that need only the canary's
+    evidence can roll back even while the stable side is short of requests.
+
+    Args:
+        canary: Evidence of the new version in the step's window.
+        stable: Evidence of the serving version in the same window (the baseline of the relative checks).
+        settings: Thresholds.
+
+    Returns:
+        The decision and every check with its measured and allowed values.
+    """
+    s = settings
+    volume = [
+        Check(
+            f"{side}_requests",
+            CheckStatus.PASSED if ev.requests >= s.min_requests else CheckStatus.UNAVAILABLE,
+            ev.requests,
+            float(s.min_requests),
+            f"{ev.requests:.0f} {side} requests in the window (need >= {s.min_requests})",
+        )
+        for side, ev in (("canary", canary), ("stable", stable))
+    ]
+    if volume[0].status != CheckStatus.PASSED:
+        return Verdict(Decision.WAIT, tuple(volume))
+    stable_ok = volume[1].status == CheckStatus.PASSED
+
+    checks = [*volume, _upper("error_rate", canary.error_rate, s.max_error_rate, "canary error rate")]
+    fallback_rate = canary.fallbacks / canary.scores if canary.scores > 0 else None
+    checks.append(_upper("fallback_rate", fallback_rate, s.max_fallback_rate, "canary fallback rate"))
+    checks.append(_upper("p99_latency", canary.p99_seconds, s.max_p99_latency_seconds, "canary p99 latency", " s"))
+    checks.append(_lower("precision", canary.precision, s.min_precision, "canary precision"))
+    checks.append(_lower("recall", canary.recall, s.min_recall, "canary recall"))
+
+    # Relative checks: the stable version in the same window is the baseline (same traffic, same time of day).
+    if stable_ok:
+        checks.append(
+            _upper(
+                "error_rate_increase",
+                canary.error_rate - stable.error_rate,
+                s.max_error_rate_increase,
+                "canary error rate above stable",
+            )
+        )
+        allowed_p99 = (
+            max(stable.p99_seconds * s.max_p99_latency_ratio, stable.p99_seconds + s.p99_latency_tolerance_seconds)
+            if stable.p99_seconds is not None
+            else None
+        )
+        if allowed_p99 is None:
+            checks.append(Check("p99_latency_ratio", CheckStatus.UNAVAILABLE, None, None, "stable p99 unavailable"))
+        else:
+            checks.append(
+                _upper(
+                    "p99_latency_ratio",
+                    canary.p99_seconds,
+                    allowed_p99,
+                    f"canary p99 latency (stable {stable.p99_seconds:.4g} s x {s.max_p99_latency_ratio:g})",
+                    " s",
+                )
+            )
+        counts = bin_counts(canary.score_buckets, stable.score_buckets)
+        psi = ks = None
+        if counts is not None:
+            canary_bins, stable_bins = counts
+            psi, ks = psi_of_counts(stable_bins, canary_bins), ks_of_counts(stable_bins, canary_bins)
+        checks.append(_upper("score_psi", psi, s.max_score_psi, "score PSI canary vs stable"))
+        checks.append(_upper("score_ks", ks, s.max_score_ks, "score KS canary vs stable"))
+
+    if any(c.status == CheckStatus.FAILED for c in checks):
+        return Verdict(Decision.ROLLBACK, tuple(checks))
+    if any(c.status == CheckStatus.UNAVAILABLE for c in checks):
+        return Verdict(Decision.WAIT, tuple(checks))
+    return Verdict(Decision.PROMOTE_STEP, tuple(checks))

@@ -1,0 +1,206 @@
+"""Every PromQL query canary analysis runs, a small Prometheus HTTP API client, and evidence collection."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from mlplatform.canary import StepEvidence
+
+#: The series names exported by serving/metrics.py (ServingMetrics).
+REQUESTS = "mlplatform_inference_requests_total"
+STAGE_SECONDS_BUCKET = "mlplatform_inference_stage_seconds_bucket"
+SCORE_BUCKET = "mlplatform_prediction_score_bucket"
+FALLBACKS = "mlplatform_prediction_fallbacks_total"
+#: Outcomes that are the server's fault; invalid and unauthorized requests are the client's.
+SERVER_ERROR_OUTCOMES = ("error", "unavailable")
+#: The component clients talk to: its requests, end-to-end latency (stage total) and returned scores are what
+#: clients see. The predictor counts the same requests again, one hop further in.
+CLIENT_FACING_COMPONENT = "transformer"
+#: Quantile of the latency check.
+LATENCY_QUANTILE = 0.99
+
+
+class PrometheusError(Exception):
+    """Prometheus could not answer a query."""
+
+
+class PrometheusUnavailable(PrometheusError):
+    """Prometheus is unreachable, too slow or failing: the evidence is missing, so a rollout step waits."""
+
+
+class PrometheusQueryError(PrometheusError):
+    """Prometheus rejected a query (bad PromQL or parameters): a bug in this module, not missing evidence."""
+
+
+def _quote(value: str) -> str:
+    """A PromQL double-quoted string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def selector(model_name: str, model_version: str, role: str, component: str | None = None, **matchers: str) -> str:
+    """Label matchers `{model_name="...",...}` of one version in one role; `component` None matches every one.
+
+    Extra `matchers` are exact matches, or regular expressions when the value is given as `~"..."`.
+    """
+    labels = {"model_name": model_name, "model_version": model_version, "role": role}
+    if component is not None:
+        labels["component"] = component
+    parts = [f"{k}={_quote(v)}" for k, v in labels.items()]
+    for k, v in matchers.items():
+        parts.append(f"{k}=~{_quote(v[1:])}" if v.startswith("~") else f"{k}={_quote(v)}")
+    return "{" + ",".join(parts) + "}"
+
+
+@dataclass(frozen=True)
+class StepQueries:
+    """The instant queries of one side (canary or stable) of an analysis step, evaluated at the window's end.
+
+    Attributes:
+        requests: Requests answered in the window, every outcome (one sample; none if never scraped).
+        errors: Requests answered with a server error in the window.
+        p99_seconds: p99 of the end-to-end latency (stage total) in the window; NaN without observations.
+        fallbacks: Scores replaced by the fallback in the window, every component (the transformer falls back
+            when features are unavailable, the predictor on non-finite or out-of-range scores); none if no
+            fallback ever happened (the series is created by the first one).
+        score_buckets: Cumulative score histogram of the window, one sample per `le`.
+    """
+
+    requests: str
+    errors: str
+    p99_seconds: str
+    fallbacks: str
+    score_buckets: str
+
+
+def step_queries(model_name: str, model_version: str, role: str, window_seconds: int) -> StepQueries:
+    """The PromQL of one side of an analysis step over a window of `window_seconds` ending at the query time."""
+    w = f"[{int(window_seconds)}s]"
+    front = selector(model_name, model_version, role, CLIENT_FACING_COMPONENT)
+    errors = selector(
+        model_name, model_version, role, CLIENT_FACING_COMPONENT, outcome="~" + "|".join(SERVER_ERROR_OUTCOMES)
+    )
+    latency = selector(model_name, model_version, role, CLIENT_FACING_COMPONENT, stage="total")
+    return StepQueries(
+        requests=f"sum(increase({REQUESTS}{front}{w}))",
+        errors=f"sum(increase({REQUESTS}{errors}{w}))",
+        p99_seconds=f"histogram_quantile({LATENCY_QUANTILE}, "
+        f"sum by (le) (increase({STAGE_SECONDS_BUCKET}{latency}{w})))",
+        fallbacks=f"sum(increase({FALLBACKS}{selector(model_name, model_version, role)}{w}))",
+        score_buckets=f"sum by (le) (increase({SCORE_BUCKET}{front}{w}))",
+    )
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One element of an instant vector."""
+
+    labels: dict[str, str]
+    value: float
+
+
+def _unix(at: datetime | float) -> float:
+    return at.timestamp() if isinstance(at, datetime) else float(at)
+
+
+def query(
+    base_url: str,
+    promql: str,
+    at: datetime | float,
+    *,
+    timeout_seconds: float = 10.0,
+    client: httpx.Client | None = None,
+) -> list[Sample]:
+    """Evaluate an instant query through the Prometheus HTTP API (`GET /api/v1/query`).
+
+    Args:
+        base_url: Prometheus root, e.g. http://prometheus.monitoring:9090.
+        promql: An expression whose result is an instant vector.
+        at: Evaluation time (timezone-aware datetime or Unix seconds).
+        timeout_seconds: Deadline of the HTTP call; Prometheus gets it as its evaluation timeout too.
+        client: A client to reuse; a new one is opened and closed otherwise.
+
+    Returns:
+        The vector's samples; empty when no series matched.
+
+    Raises:
+        PrometheusUnavailable: No connection, no answer in time, a 5xx or an answer that is not Prometheus'.
+        PrometheusQueryError: Prometheus rejected the query (4xx, or a result that is not a vector).
+    """
+    url = base_url.rstrip("/") + "/api/v1/query"
+    params = {"query": promql, "time": f"{_unix(at):.3f}", "timeout": f"{timeout_seconds:g}s"}
+    own = client is None
+    http = client or httpx.Client(timeout=httpx.Timeout(timeout_seconds))
+    try:
+        response = http.get(url, params=params, timeout=httpx.Timeout(timeout_seconds))
+    except httpx.HTTPError as exc:
+        raise PrometheusUnavailable(
+            f"Prometheus at {base_url} did not answer within {timeout_seconds:g} s ({type(exc).__name__}: {exc}); "
+            "check that it runs and that the URL points at it"
+        ) from exc
+    finally:
+        if own:
+            http.close()
+    try:
+        body: dict[str, Any] = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code >= 500 or not isinstance(body, dict) or "status" not in body:
+        detail = body.get("error") if isinstance(body, dict) and body.get("error") else response.text[:200]
+        raise PrometheusUnavailable(f"{url} answered HTTP {response.status_code}: {detail}")
+    if body["status"] != "success":
+        raise PrometheusQueryError(
+            f"Prometheus rejected {promql!r} (HTTP {response.status_code}): "
+            f"{body.get('errorType')}: {body.get('error')}"
+        )
+    data = body.get("data", {})
+    if data.get("resultType") != "vector":
+        raise PrometheusQueryError(f"{promql!r} returned a {data.get('resultType')}, expected an instant vector")
+    return [Sample(dict(r["metric"]), float(r["value"][1])) for r in data["result"]]
+
+
+def _one(samples: list[Sample]) -> float | None:
+    """The value of a single-sample vector (an aggregation without `by`); None when empty or NaN."""
+    if not samples:
+        return None
+    if len(samples) > 1:
+        raise PrometheusQueryError(f"expected one sample, got {len(samples)}: {samples[:3]}")
+    return None if math.isnan(samples[0].value) else samples[0].value
+
+
+def collect_evidence(
+    base_url: str,
+    model_name: str,
+    version: str,
+    role: str,
+    window_seconds: int,
+    at: datetime | float,
+    *,
+    timeout_seconds: float = 10.0,
+) -> StepEvidence:
+    """Evidence of one side (canary or stable) over the window ending at `at`, from Prometheus.
+
+    A series that was never scraped counts as nothing happened: no requests (so analysis waits), no errors,
+    no fallbacks. Precision and recall are not in Prometheus (labels arrive later) and stay None.
+
+    Raises:
+        PrometheusUnavailable: Prometheus could not be asked; the step has no evidence and waits.
+    """
+    q = step_queries(model_name, version, role, window_seconds)
+    with httpx.Client(timeout=httpx.Timeout(timeout_seconds)) as client:
+        results = {
+            f.name: query(base_url, getattr(q, f.name), at, timeout_seconds=timeout_seconds, client=client)
+            for f in fields(q)
+        }
+    buckets = sorted((float(s.labels["le"]), s.value) for s in results["score_buckets"])
+    return StepEvidence(
+        requests=_one(results["requests"]) or 0.0,
+        errors=_one(results["errors"]) or 0.0,
+        p99_seconds=_one(results["p99_seconds"]),
+        fallbacks=_one(results["fallbacks"]) or 0.0,
+        score_buckets=tuple(buckets),
+    )

@@ -1,0 +1,191 @@
+"""Canary analysis decisions: one step's evidence (canary vs stable) gives PROMOTE_STEP, ROLLBACK or WAIT."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from mlplatform.canary import CanarySettings, CheckStatus, Decision, StepEvidence, analyse, bin_counts
+from mlplatform.stats import column_stats, ks_of_counts, ks_statistic, psi, psi_of_counts
+from serving.metrics import SCORE_BUCKETS
+
+SETTINGS = CanarySettings()
+EDGES = (*SCORE_BUCKETS[:-1], float("inf"))  # 1.0 is the last finite bound; Prometheus adds +Inf
+
+
+def cumulative(scores: np.ndarray, edges: tuple[float, ...] = EDGES) -> tuple[tuple[float, float], ...]:
+    """The cumulative (le, count) buckets Prometheus would hold for these scores."""
+    return tuple((le, float(np.sum(scores <= le))) for le in edges)
+
+
+def fraud_scores(seed: int, n: int = 2_000, shift: float = 0.0) -> np.ndarray:
+    """Scores shaped like the fraud model's: most near 0, a thin tail towards 1."""
+    return np.clip(np.random.default_rng(seed).beta(0.5, 8.0, n) + shift, 0.0, 1.0)
+
+
+def evidence(
+    requests: float = 2_000,
+    errors: float = 2,
+    p99: float | None = 0.008,
+    fallbacks: float = 0,
+    scores: np.ndarray | None = None,
+    seed: int = 1,
+    **extra: float | None,
+) -> StepEvidence:
+    s = fraud_scores(seed) if scores is None else scores
+    return StepEvidence(requests, errors, p99, fallbacks, cumulative(s), **extra)
+
+
+def failed(verdict) -> set[str]:
+    return {c.name for c in verdict.checks if c.status == CheckStatus.FAILED}
+
+
+def test_promote_step_when_canary_is_as_healthy_as_stable():
+    verdict = analyse(evidence(seed=1), evidence(seed=2), SETTINGS)
+    assert verdict.decision == Decision.PROMOTE_STEP, verdict.checks
+    assert verdict.reasons == []
+
+
+def test_rollback_when_canary_error_rate_exceeds_threshold():
+    verdict = analyse(evidence(errors=400), evidence(), SETTINGS)  # 20 % of requests fail
+    assert verdict.decision == Decision.ROLLBACK
+    assert {"error_rate", "error_rate_increase"} <= failed(verdict)
+    reason = next(r for r in verdict.reasons if r.startswith("error_rate:"))
+    assert "0.2 " in reason and "0.01" in reason  # measured and allowed
+
+
+def test_rollback_when_canary_error_rate_rises_above_stable_under_the_absolute_ceiling():
+    verdict = analyse(evidence(errors=16), evidence(errors=0), SETTINGS)  # 0.8 % vs 0 %: ceiling 1 %, rise 0.5 %
+    assert verdict.decision == Decision.ROLLBACK
+    assert failed(verdict) == {"error_rate_increase"}
+
+
+def test_rollback_when_canary_is_five_times_slower_than_stable():
+    verdict = analyse(evidence(p99=0.040), evidence(p99=0.008), SETTINGS)  # under the 0.1 s absolute limit
+    assert verdict.decision == Decision.ROLLBACK
+    assert failed(verdict) == {"p99_latency_ratio"}
+    assert any("0.04 s exceeds allowed 0.012 s" in r for r in verdict.reasons)
+
+
+def test_latency_difference_within_bucket_tolerance_is_not_a_regression():
+    verdict = analyse(evidence(p99=0.0016), evidence(p99=0.0008), SETTINGS)  # 2x, but 0.8 ms apart
+    assert verdict.decision == Decision.PROMOTE_STEP
+
+
+def test_rollback_when_canary_p99_exceeds_absolute_limit():
+    slow = SETTINGS.model_copy(update={"max_p99_latency_ratio": 100.0})
+    verdict = analyse(evidence(p99=0.3), evidence(p99=0.25), slow)
+    assert verdict.decision == Decision.ROLLBACK
+    assert failed(verdict) == {"p99_latency"}
+
+
+def test_rollback_when_canary_scores_shift_from_stable():
+    verdict = analyse(evidence(scores=fraud_scores(1, shift=0.3)), evidence(seed=2), SETTINGS)
+    assert verdict.decision == Decision.ROLLBACK
+    assert {"score_psi", "score_ks"} <= failed(verdict)
+
+
+def test_rollback_when_canary_fallback_rate_exceeds_threshold():
+    verdict = analyse(evidence(fallbacks=100), evidence(), SETTINGS)  # 100 of 2,000 scores = 5 %
+    assert verdict.decision == Decision.ROLLBACK
+    assert failed(verdict) == {"fallback_rate"}
+
+
+def test_rollback_when_precision_on_labelled_feedback_is_below_minimum():
+    strict = SETTINGS.model_copy(update={"min_precision": 0.5, "min_recall": 0.5})
+    verdict = analyse(evidence(precision=0.3, recall=0.8), evidence(), strict)
+    assert verdict.decision == Decision.ROLLBACK
+    assert failed(verdict) == {"precision"}
+
+
+def test_missing_labelled_feedback_does_not_block_promotion():
+    strict = SETTINGS.model_copy(update={"min_precision": 0.5, "min_recall": 0.5})
+    verdict = analyse(evidence(), evidence(), strict)
+    assert verdict.decision == Decision.PROMOTE_STEP
+    assert {c.name: c.status for c in verdict.checks}["precision"] == CheckStatus.SKIPPED
+
+
+def test_wait_when_canary_has_too_few_requests_even_if_they_fail():
+    verdict = analyse(evidence(requests=50, errors=25), evidence(), SETTINGS)
+    assert verdict.decision == Decision.WAIT
+    assert verdict.reasons == ["canary_requests: 50 canary requests in the window (need >= 200)"]
+
+
+def test_wait_when_stable_has_too_few_requests_for_the_comparison():
+    verdict = analyse(evidence(), evidence(requests=10), SETTINGS)
+    assert verdict.decision == Decision.WAIT
+    assert [r.split(":")[0] for r in verdict.reasons] == ["stable_requests"]
+
+
+def test_canary_only_checks_roll_back_while_stable_lacks_requests():
+    verdict = analyse(evidence(errors=400), evidence(requests=10), SETTINGS)
+    assert verdict.decision == Decision.ROLLBACK
+    assert failed(verdict) == {"error_rate"}
+
+
+def test_wait_when_latency_metric_unavailable():
+    verdict = analyse(evidence(p99=None), evidence(), SETTINGS)
+    assert verdict.decision == Decision.WAIT
+    assert {r.split(":")[0] for r in verdict.reasons} == {"p99_latency", "p99_latency_ratio"}
+
+
+def test_wait_when_score_histograms_unavailable():
+    no_scores = dataclasses.replace(evidence(), score_buckets=())
+    verdict = analyse(no_scores, evidence(), SETTINGS)
+    assert verdict.decision == Decision.WAIT
+    assert {r.split(":")[0] for r in verdict.reasons} == {"fallback_rate", "score_psi", "score_ks"}
+
+
+_maybe_p99 = st.none() | st.floats(0.001, 0.003)  # within the 2 ms tolerance of each other
+_buckets = st.sampled_from([(), cumulative(fraud_scores(1))])
+_side = st.builds(StepEvidence, st.floats(0, 5_000), st.just(0.0), _maybe_p99, st.just(0.0), _buckets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(canary=_side, stable=_side)
+def test_never_promotes_without_evidence(canary: StepEvidence, stable: StepEvidence):
+    verdict = analyse(canary, stable, SETTINGS)
+    enough = all(
+        ev.requests >= SETTINGS.min_requests and ev.p99_seconds is not None and ev.score_buckets
+        for ev in (canary, stable)
+    )
+    if not enough:
+        assert verdict.decision != Decision.PROMOTE_STEP
+    assert verdict.decision != Decision.ROLLBACK  # no error, no fallback, p99s close, same scores
+
+
+def test_score_histograms_with_different_buckets_are_compared_on_shared_bounds():
+    fine = cumulative(np.array([0.01, 0.07, 0.12, 0.6]))
+    coarse = cumulative(np.array([0.02, 0.08, 0.3, 0.9]), edges=(0.1, 0.5, float("inf")))
+    canary_bins, stable_bins = bin_counts(fine, coarse)
+    assert canary_bins.tolist() == [2, 1, 1] and stable_bins.tolist() == [2, 1, 1]
+    assert bin_counts(fine, cumulative(np.array([0.5]), edges=(0.33, float("inf")))) is None  # one shared bin
+
+
+def test_psi_and_ks_of_counts_agree_with_the_value_based_statistics():
+    reference, live = fraud_scores(1), fraud_scores(2, shift=0.05)
+    ref = column_stats(reference)
+    counts_ref = np.asarray(ref["proportions"]) * reference.size
+    counts_live = np.histogram(live, bins=np.asarray(ref["edges"]))[0]
+    assert psi_of_counts(counts_ref, counts_live) == pytest.approx(psi(ref, live))
+    assert ks_of_counts(counts_ref, counts_live) == pytest.approx(ks_statistic(ref, live))
+
+
+def test_traffic_steps_must_increase_and_end_at_100():
+    with pytest.raises(ValidationError, match="strictly increasing"):
+        CanarySettings(traffic_steps_percent=[10, 50, 25, 100])
+    with pytest.raises(ValidationError, match="end at 100"):
+        CanarySettings(traffic_steps_percent=[10, 50])
+
+
+def test_thresholds_are_read_from_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MLPLATFORM_CANARY_MIN_REQUESTS", "1000")
+    monkeypatch.setenv("MLPLATFORM_CANARY_TRAFFIC_STEPS_PERCENT", "[5, 100]")
+    s = CanarySettings()
+    assert (s.min_requests, s.traffic_steps_percent) == (1000, [5, 100])
+    assert analyse(evidence(requests=900), evidence(), s).decision == Decision.WAIT
