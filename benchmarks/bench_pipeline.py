@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 
 from components.evaluate.step import run_evaluate
 from components.features.step import run_features
@@ -26,27 +24,6 @@ from components.training_set.step import run_training_set
 from components.validate.step import champion_reference, run_validate
 from mlplatform.settings import PlatformSettings
 from mlplatform.training import TrainConfig
-
-
-def machine() -> dict:
-    """What the figures were measured on."""
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-        "os": platform.platform(),
-    }
 
 
 def bench(n: int, seed: int) -> dict:
@@ -103,7 +80,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     runs = [bench(n, args.seed) for n in args.sizes]
-    result = {"benchmark": "pipeline", "machine": machine(), "runs": runs}
+    result = {"benchmark": "pipeline", "machine": describe(), "runs": runs}
     if len(runs) > 1:
         result["ratio_largest_to_smallest_total"] = round(runs[-1]["total_seconds"] / runs[0]["total_seconds"], 2)
     text = json.dumps(result, indent=2)

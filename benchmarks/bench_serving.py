@@ -26,19 +26,18 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
+from machine import describe  # benchmarks/machine.py, beside this script
+
+from components.features.step import run_features
+from components.ingest.step import run_ingest
+from components.training_set.step import run_training_set
+from mlplatform.features import MODEL_FEATURES, model_input
+from mlplatform.model import ModelConfig, save_model
+from mlplatform.settings import PlatformSettings
+from mlplatform.training import TrainConfig, train_model
+from serving.local import free_port, start_local
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.bench_pipeline import machine  # noqa: E402
-from components.features.step import run_features  # noqa: E402
-from components.ingest.step import run_ingest  # noqa: E402
-from components.training_set.step import run_training_set  # noqa: E402
-from mlplatform.features import MODEL_FEATURES, model_input  # noqa: E402
-from mlplatform.model import ModelConfig, save_model  # noqa: E402
-from mlplatform.settings import PlatformSettings  # noqa: E402
-from mlplatform.training import TrainConfig, train_model  # noqa: E402
-from serving.local import free_port, start_local  # noqa: E402
 
 REDIS = os.environ.get("MLPLATFORM_TEST_REDIS", "127.0.0.1:16379")
 POSTGRES = os.environ.get("MLPLATFORM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:15432/postgres")
@@ -253,7 +252,7 @@ def main() -> None:
                 "MLPLATFORM_SERVING_FEAST_DATA_DIR": str(settings.feast_data),
                 "MLPLATFORM_SERVING_PREDICTION_LOG_DIR": str(work / "predictions"),
             }
-            results: dict[str, Any] = {"machine": machine()}
+            results: dict[str, Any] = {"machine": describe()}
             with start_local(model_dir, env=env, log_dir=work / "logs") as service:
                 pids = [p.pid for p in service.processes.values()]
                 results["full_path"] = measure(service.predict_url, bodies, pids, args.rates, args.seconds)

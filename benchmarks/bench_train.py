@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -31,6 +29,8 @@ from torch import nn
 # Runnable from a bare checkout on a GPU machine: needs torch, numpy and safetensors, not the pipeline stack.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 from mlplatform.model import ModelConfig, build_model  # noqa: E402
 from mlplatform.training import TrainConfig, resolve_device, resolve_speed_options, train_model  # noqa: E402
 
@@ -42,33 +42,6 @@ PRESETS = {
     "cpu": {"rows": 131_072, "batch_sizes": [1_024, 8_192, 65_536], "epochs": 4},
     "cuda": {"rows": 4_194_304, "batch_sizes": [8_192, 65_536, 262_144], "epochs": 6},
 }
-
-
-def machine(device: torch.device) -> dict:
-    """What the figures were measured on."""
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    described = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-        "os": platform.platform(),
-        "device": "cpu",
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        described |= {"device": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1)}
-        described["cuda_version"] = torch.version.cuda
-    return described
 
 
 def synthetic(rows: int, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -205,7 +178,7 @@ def main() -> None:
 
     result = {
         "benchmark": "train",
-        "machine": machine(device),
+        "machine": describe(device),
         "setup": {
             "model": f"FraudMLP {N_FEATURES} -> 256 -> 256 -> 1 (dropout 0.1), AdamW, weighted BCE",
             "rows": rows,

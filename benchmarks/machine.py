@@ -1,0 +1,36 @@
+"""What a benchmark's figures were measured on (stdlib and torch only: it also runs on a bare GPU machine)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def describe(device: torch.device | None = None) -> dict:
+    """CPU model, cores, memory, Python, torch and, for a CUDA device, the GPU."""
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    described = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "os": platform.platform(),
+        "device": "cpu",
+    }
+    if device is not None and device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        described |= {"device": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1)}
+        described["cuda_version"] = torch.version.cuda
+    return described
