@@ -30,11 +30,10 @@ from machine import describe  # benchmarks/machine.py, beside this script
 
 from components.features.step import run_features
 from components.ingest.step import run_ingest
+from components.train.step import run_train
 from components.training_set.step import run_training_set
-from mlplatform.features import MODEL_FEATURES, model_input
-from mlplatform.model import ModelConfig, save_model
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import TrainConfig, train_model
+from mlplatform.training import TrainConfig
 from serving.local import free_port, start_local
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,17 +169,8 @@ def _prepare(work: Path) -> tuple[PlatformSettings, Path, list[bytes]]:
     feats = run_features(raw_path, settings)
     splits = {n: work / f"{n}.parquet" for n in ("train", "validation", "test")}
     run_training_set(raw_path, settings, 7, 7, splits["train"], splits["validation"], splits["test"])
-    tr, va = pd.read_parquet(splits["train"]), pd.read_parquet(splits["validation"])
-    config = ModelConfig(feature_names=list(MODEL_FEATURES))
-    result = train_model(
-        config,
-        model_input(tr),
-        tr["is_fraud"].to_numpy(np.float32),
-        model_input(va),
-        va["is_fraud"].to_numpy(np.float32),
-        TrainConfig(max_epochs=3),
-    )
-    model_dir = save_model(result.model, config, work / "model")
+    model_dir = work / "model"
+    run_train(splits["train"], splits["validation"], model_dir, TrainConfig(max_epochs=3), settings)
     raw = pd.read_parquet(raw_path)
     when = int(pd.Timestamp(feats.materialized_until).timestamp()) + 60
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ from components.ingest.step import run_ingest
 from mlplatform import featurestore, tracking
 from mlplatform.deploy import ArtifactInvalid, deploy, serve_local, serving_env
 from mlplatform.features import MODEL_FEATURES, model_input
-from mlplatform.model import load_model, predict_proba, save_model
+from mlplatform.model import load_model, predict_proba
 from mlplatform.settings import PlatformSettings
 from serving.local import LocalService, start_local
 from serving.prediction_log import read_records
@@ -48,31 +48,20 @@ class Served:
 
 
 def _train_and_register(settings: PlatformSettings, work: Path) -> None:
-    """A small model logged to MLflow and registered (it becomes champion as the first version)."""
+    """The real training-set and train steps on small data, then registration (first version = champion)."""
     import mlflow
 
+    from components.train.step import run_train
     from components.training_set.step import run_training_set
-    from mlplatform.model import ModelConfig
-    from mlplatform.training import TrainConfig, train_model
+    from mlplatform.training import TrainConfig
 
     splits = {n: work / f"{n}.parquet" for n in ("train", "validation", "test")}
     run_training_set(work / "raw.parquet", settings, 7, 7, splits["train"], splits["validation"], splits["test"])
-    tr, va = pd.read_parquet(splits["train"]), pd.read_parquet(splits["validation"])
-    config = ModelConfig(feature_names=list(MODEL_FEATURES), hidden_units=[32, 16])
-    result = train_model(
-        config,
-        model_input(tr),
-        tr["is_fraud"].to_numpy(np.float32),
-        model_input(va),
-        va["is_fraud"].to_numpy(np.float32),
-        TrainConfig(max_epochs=3),
+    outcome = run_train(
+        splits["train"], splits["validation"], work / "trained", TrainConfig(max_epochs=3), settings, [32, 16]
     )
-    experiment = tracking.configure(settings)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        config.metadata = {"mlflow_run_id": run.info.run_id}
-        model_dir = save_model(result.model, config, work / "trained")
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")
-    tracking.register_version(NAME, f"{run.info.artifact_uri}/model", run.info.run_id, {}, [])
+    artifact_uri = mlflow.get_run(outcome.mlflow_run_id).info.artifact_uri
+    tracking.register_version(NAME, f"{artifact_uri}/model", outcome.mlflow_run_id, {}, [])
 
 
 @pytest.fixture(scope="module")
