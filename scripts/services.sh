@@ -17,6 +17,8 @@ command -v redis-server >/dev/null || need_install+=(redis-server)
 [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] || need_install+=(postgresql)
 command -v prometheus >/dev/null || need_install+=(prometheus)
 command -v promtool >/dev/null || need_install+=(prometheus)
+# Alertmanager routes the local rules' alerts to the retraining webhook (mlplatform/localprom.py starts it per test).
+command -v prometheus-alertmanager >/dev/null || need_install+=(prometheus-alertmanager)
 
 install_missing() {
   [ ${#need_install[@]} -eq 0 ] && return 0
@@ -67,7 +69,7 @@ print_env() {
 
 case "${1:-up}" in
   up) install_missing; redis_up; postgres_up
-      echo "services: redis on 127.0.0.1:$REDIS_PORT, postgres on 127.0.0.1:$PG_PORT ($(prometheus --version 2>&1 | head -n 1))" ;;
+      echo "services: redis on 127.0.0.1:$REDIS_PORT, postgres on 127.0.0.1:$PG_PORT ($(prometheus --version 2>&1 | head -n 1); $(prometheus-alertmanager --version 2>&1 | head -n 1))" ;;
   down) down ;;
   env) print_env ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
