@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mlplatform.errors import ConfigError
 
+#: What a `trigger` may look like: a kind, optionally `:<name>` and `@<alert fingerprint>`.
+TRIGGER_PATTERN = r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?(@[A-Za-z0-9]+)?$"
+
 
 class PipelineParams(BaseModel):
     """What a training run is asked to do. The pipeline's parameter defaults are these defaults."""
@@ -25,6 +28,14 @@ class PipelineParams(BaseModel):
     max_epochs: int = Field(30, ge=1, le=1_000, description="Upper bound on training epochs.")
     batch_size: int = Field(1024, ge=16, le=1_048_576, description="Rows per training step.")
     learning_rate: float = Field(0.002, gt=0.0, lt=1.0, description="AdamW learning rate.")
+    trigger: str = Field(
+        "manual",
+        min_length=1,
+        max_length=200,
+        pattern=TRIGGER_PATTERN,
+        description="Why the run was started: manual, schedule, or alert:<alertname>[@<fingerprint>] "
+        "(the webhook receiver); recorded as MLflow run tags (trigger_tags).",
+    )
 
     @model_validator(mode="after")
     def _windows_fit(self) -> PipelineParams:
@@ -37,6 +48,16 @@ class PipelineParams(BaseModel):
 
 
 DEFAULTS = PipelineParams()
+
+
+def trigger_tags(trigger: str) -> dict[str, str]:
+    """The MLflow run tags that record why a run was started.
+
+    `alert:MlplatformFeatureDrift@3f2a` -> `{"trigger": "alert:MlplatformFeatureDrift", "trigger_fingerprint": "3f2a"}`;
+    `schedule` -> `{"trigger": "schedule"}`.
+    """
+    kind, _, fingerprint = trigger.partition("@")
+    return {"trigger": kind, **({"trigger_fingerprint": fingerprint} if fingerprint else {})}
 
 
 def parse_params(values: dict[str, Any]) -> PipelineParams:

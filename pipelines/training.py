@@ -32,6 +32,7 @@ def training_pipeline(
     max_epochs: int = DEFAULTS.max_epochs,
     batch_size: int = DEFAULTS.batch_size,
     learning_rate: float = DEFAULTS.learning_rate,
+    trigger: str = DEFAULTS.trigger,
 ) -> str:
     """Raw data to a registered model version (parameter ranges: mlplatform.params.PipelineParams).
 
@@ -47,6 +48,7 @@ def training_pipeline(
         max_epochs: Upper bound on training epochs.
         batch_size: Rows per training step.
         learning_rate: AdamW learning rate.
+        trigger: Why the run was started (manual, schedule, alert:<alertname>@<fingerprint>); an MLflow run tag.
 
     Returns:
         The register step's JSON summary.
@@ -114,6 +116,7 @@ def training_pipeline(
         ingest_summary=raw.outputs["Output"],
         feature_versions=feats.outputs["Output"],
         pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        trigger=trigger,
     ).set_display_name("register")
     registered.set_caching_options(False)
     registered.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)

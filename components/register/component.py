@@ -14,6 +14,7 @@ def register(
     ingest_summary: str,
     feature_versions: str,
     pipeline_run_id: str,
+    trigger: str = "manual",
 ) -> NamedTuple("RegisterOutputs", [("registered", bool), ("version", str), ("summary", str)]):
     """Apply the promotion gate and register the model version with lineage tags.
 
@@ -23,6 +24,7 @@ def register(
         ingest_summary: What ingest produced (JSON: content hash, rows, time window).
         feature_versions: JSON of the feature view and service versions.
         pipeline_run_id: The pipeline run that produced the model.
+        trigger: Why the run was started (mlplatform.params.trigger_tags), tagged on the MLflow run.
 
     Returns:
         Whether it was registered, the version, and a JSON summary.
@@ -42,6 +44,7 @@ def register(
         json.loads(feature_versions),
         pipeline_run_id,
         PlatformSettings(),
+        trigger=trigger,
     )
     outputs = namedtuple("RegisterOutputs", ["registered", "version", "summary"])
     return outputs(result.registered, result.version, json.dumps(asdict(result)))

@@ -9,6 +9,7 @@ from components.ingest.step import IngestResult
 from mlplatform.errors import PromotionRejected
 from mlplatform.features import MODEL_FEATURES
 from mlplatform.featurestore import FEATURE_SERVICE
+from mlplatform.params import trigger_tags
 from mlplatform.settings import PlatformSettings
 
 
@@ -61,8 +62,12 @@ def run_register(
     feature_versions: dict[str, str],
     pipeline_run_id: str,
     settings: PlatformSettings,
+    trigger: str = "manual",
 ) -> RegisterResult:
-    """Gate the model on its evaluation, then register it (alias `challenger`; the first is `champion`)."""
+    """Gate the model on its evaluation, then register it (alias `challenger`; the first is `champion`).
+
+    The training run and the model version are tagged with why the pipeline ran (`trigger_tags(trigger)`).
+    """
     import mlflow
 
     from mlplatform import tracking
@@ -82,7 +87,10 @@ def run_register(
     run = mlflow.get_run(mlflow_run_id)
     source = f"{run.info.artifact_uri}/model"
     tags = lineage_tags(settings, ingest, feature_versions, pipeline_run_id, report)
+    tags.update(trigger_tags(trigger))
     client = mlflow.MlflowClient()
+    for key, value in trigger_tags(trigger).items():
+        client.set_tag(mlflow_run_id, key, value)
     try:
         version = tracking.register_version(settings.registered_model_name, source, mlflow_run_id, tags, reasons)
     except PromotionRejected as rejected:
