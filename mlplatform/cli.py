@@ -32,6 +32,10 @@ TestDays = Annotated[int | None, typer.Option("--test-days", help="Last days hel
 MaxEpochs = Annotated[int | None, typer.Option("--max-epochs", help="Upper bound on training epochs.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Rows per training step.")]
 LearningRate = Annotated[float | None, typer.Option("--learning-rate", help="AdamW learning rate.")]
+Trigger = Annotated[
+    str | None,
+    typer.Option("--trigger", help="Why the run starts (manual, schedule, alert:<name>@<fingerprint>); an MLflow tag."),
+]
 
 
 def _params(options: dict[str, Any]) -> PipelineParams:
@@ -60,6 +64,7 @@ def run(
     max_epochs: MaxEpochs = None,
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,
+    trigger: Trigger = None,
     serve: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Serve the champion afterwards and show a few predictions.")
     ] = True,
@@ -307,6 +312,7 @@ def pipeline_submit(
     max_epochs: MaxEpochs = None,
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,
+    trigger: Trigger = None,
 ) -> None:
     """Create a run of the training pipeline on a Kubeflow Pipelines endpoint."""
     import tempfile
@@ -332,6 +338,77 @@ def pipeline_submit(
         _fail(f"could not create the run on {host}: {exc}")
     # Plain print: one unwrapped JSON line that scripts can parse.
     print(json.dumps({"run_id": run_id, "host": host, "experiment": experiment}))
+
+
+# --- feedback loop: the Alertmanager webhook receiver and scheduled retraining (mlplatform/webhook.py) ---
+
+
+@app.command()
+def webhook(
+    port: Annotated[int | None, typer.Option("--port", help="HTTP port (default 9109).")] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="local (kfp.local child process) or kfp (Kubeflow Pipelines API).")
+    ] = None,
+    kfp_host: Annotated[str | None, typer.Option("--kfp-host", help="KFP API endpoint (backend kfp).")] = None,
+    cooldown_seconds: Annotated[
+        float | None, typer.Option("--cooldown-seconds", help="No second run for a model within this time.")
+    ] = None,
+) -> None:
+    """Receive Alertmanager notifications; a firing drift or quality alert starts a retraining run."""
+    import logging
+
+    from pydantic import ValidationError
+
+    from mlplatform.webhook import WebhookSettings, serve
+
+    options = {"port": port, "backend": backend, "kfp_host": kfp_host, "cooldown_seconds": cooldown_seconds}
+    try:
+        settings = WebhookSettings(**{k: v for k, v in options.items() if v is not None})
+        settings.check()
+    except (ConfigError, ValidationError) as exc:
+        _fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"alert webhook on http://{settings.host}:{settings.port}/alerts (backend {settings.backend})")
+    serve(settings)
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    host: Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8888.")],
+    cron: Annotated[
+        str, typer.Option("--cron", help="KFP cron, six fields with seconds first: '0 0 3 * * *' is 03:00 daily.")
+    ] = "0 0 3 * * 1",
+    name: Annotated[str, typer.Option("--name", help="Name of the recurring run.")] = "fraud-retraining",
+    experiment: Annotated[str, typer.Option("--experiment", help="KFP experiment of the runs.")] = "fraud-detection",
+    package: Annotated[
+        Path | None, typer.Option("--package", help="Compiled pipeline YAML (compiled now if omitted).")
+    ] = None,
+    n_transactions: NTransactions = None,
+    n_days: NDays = None,
+    seed: Seed = None,
+    max_epochs: MaxEpochs = None,
+) -> None:
+    """Create a recurring run on Kubeflow Pipelines: scheduled retraining (trigger=schedule)."""
+    import tempfile
+
+    from mlplatform.runner import schedule
+    from pipelines import compile_pipeline
+
+    options = {"n_transactions": n_transactions, "n_days": n_days, "seed": seed, "max_epochs": max_epochs}
+    try:
+        params = _params({**options, "trigger": "schedule"})
+        if package is not None and not package.is_file():
+            raise ConfigError(f"--package {package} does not exist")
+    except ConfigError as exc:
+        _fail(exc)
+    pkg = package or compile_pipeline(Path(tempfile.mkdtemp()) / "training_pipeline.yaml")
+    try:
+        recurring_run_id = schedule(host, pkg, params, experiment, name, cron)
+    except ConfigError as exc:
+        _fail(exc)
+    except Exception as exc:  # the KFP client raises ApiException, urllib3 and connection errors
+        _fail(f"could not create the recurring run on {host}: {exc}")
+    print(json.dumps({"recurring_run_id": recurring_run_id, "host": host, "cron": cron, "name": name}))
 
 
 if __name__ == "__main__":

@@ -64,11 +64,22 @@ def run_local(params: PipelineParams, settings: PlatformSettings) -> LocalRun:
     return LocalRun(json.loads(task.output), pipeline_root, settings.model_copy(update={"work_dir": work_dir}))
 
 
-def submit(host: str, package: Path, params: PipelineParams, experiment: str, run_name: str | None) -> str:
-    """Create a run of a compiled pipeline on a Kubeflow Pipelines endpoint; returns the run id."""
+def submit(
+    host: str,
+    package: Path,
+    params: PipelineParams,
+    experiment: str,
+    run_name: str | None,
+    client: Any | None = None,
+) -> str:
+    """Create a run of a compiled pipeline on a Kubeflow Pipelines endpoint; returns the run id.
+
+    Args:
+        client: A `kfp.Client` to reuse; one for `host` is made otherwise.
+    """
     import kfp
 
-    client = kfp.Client(host=host)
+    client = client or kfp.Client(host=host)
     result = client.create_run_from_pipeline_package(
         str(package),
         arguments=params.model_dump(),
@@ -76,3 +87,59 @@ def submit(host: str, package: Path, params: PipelineParams, experiment: str, ru
         experiment_name=experiment,
     )
     return result.run_id
+
+
+#: KFP's cron format (robfig/cron with seconds): second minute hour day-of-month month day-of-week.
+CRON_FIELDS = 6
+
+
+def schedule(
+    host: str,
+    package: Path,
+    params: PipelineParams,
+    experiment: str,
+    job_name: str,
+    cron: str,
+    max_concurrency: int = 1,
+    client: Any | None = None,
+) -> str:
+    """Create a recurring run (scheduled retraining) of a compiled pipeline on Kubeflow Pipelines.
+
+    Args:
+        host: KFP API endpoint.
+        package: Compiled pipeline YAML.
+        params: Run parameters; `trigger` should be "schedule".
+        experiment: Experiment the recurring run and its runs are filed under (created when missing).
+        job_name: Name of the recurring run.
+        cron: Six-field KFP cron expression, e.g. "0 0 3 * * *" (03:00 every day).
+        max_concurrency: Runs of this schedule that may run at once.
+        client: A `kfp.Client` to reuse; one for `host` is made otherwise.
+
+    Returns:
+        The recurring run id.
+
+    Raises:
+        ConfigError: The cron expression does not have six fields.
+    """
+    import kfp
+
+    from mlplatform.errors import ConfigError
+
+    if len(cron.split()) != CRON_FIELDS:
+        raise ConfigError(
+            f"cron {cron!r} has {len(cron.split())} fields; Kubeflow Pipelines expects six "
+            "(second minute hour day-of-month month day-of-week), e.g. '0 0 3 * * *' for 03:00 every day"
+        )
+    client = client or kfp.Client(host=host)
+    experiment_id = client.create_experiment(name=experiment).experiment_id
+    recurring = client.create_recurring_run(
+        experiment_id=experiment_id,
+        job_name=job_name,
+        description=f"Scheduled retraining ({cron}), trigger={params.trigger}",
+        cron_expression=cron,
+        max_concurrency=max_concurrency,
+        no_catchup=True,
+        params=params.model_dump(),
+        pipeline_package_path=str(package),
+    )
+    return str(recurring.recurring_run_id)
