@@ -411,5 +411,195 @@ def pipeline_schedule(
     print(json.dumps({"recurring_run_id": recurring_run_id, "host": host, "cron": cron, "name": name}))
 
 
+# --- monitor: drift, skew and delayed-label quality (mlplatform/monitor.py, mlplatform/drift_report.py) ---
+monitor_app = typer.Typer(
+    help="Drift and quality of the served versions: `show` (the default) prints and reports, `serve` exports "
+    "Prometheus gauges.",
+    invoke_without_command=True,
+)
+app.add_typer(monitor_app, name="monitor")
+LogDir = Annotated[
+    Path | None, typer.Option("--prediction-log-dir", help="Prediction log folder (default <work-dir>/predictions).")
+]
+LabelsDir = Annotated[Path | None, typer.Option("--labels-dir", help="Label feed folder (default <work-dir>/labels).")]
+ModelDir = Annotated[
+    Path | None,
+    typer.Option("--model-dir", help="Compare every version with this artifact (default: each version's own)."),
+]
+WindowSeconds = Annotated[float | None, typer.Option("--window-seconds", help="Drift window length in seconds.")]
+
+
+def _monitor_settings(**options: Any) -> Any:
+    from mlplatform.monitor import MonitorSettings
+
+    return MonitorSettings(**{k: v for k, v in options.items() if v is not None})
+
+
+@monitor_app.callback()
+def monitor_default(ctx: typer.Context) -> None:
+    """Without a subcommand: `monitor show` with its defaults."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(monitor_show)
+
+
+@monitor_app.command("show")
+def monitor_show(
+    work_dir: WorkDir = Path(".mlplatform"),
+    prediction_log_dir: LogDir = None,
+    labels_dir: LabelsDir = None,
+    model_dir: ModelDir = None,
+    model_version: Annotated[str | None, typer.Option("--model-version", help="Only this version.")] = None,
+    window_seconds: WindowSeconds = None,
+    quality_window_seconds: Annotated[
+        float | None, typer.Option("--quality-window-seconds", help="Quality window length in seconds.")
+    ] = None,
+    window_end: Annotated[
+        str | None, typer.Option("--window-end", help="End of the (last) window, ISO-8601 (default: now).")
+    ] = None,
+    windows: Annotated[int, typer.Option("--windows", min=1, help="Consecutive windows to report.")] = 1,
+    min_window_predictions: Annotated[
+        int | None, typer.Option("--min-window-predictions", help="Fewest predictions for drift values.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Report folder (default <work-dir>/monitor/reports).")
+    ] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write Markdown + PNG per window.")] = True,
+) -> None:
+    """Show current drift and quality per model version; write a drift report (Markdown + PNG) per window."""
+    import time
+    from datetime import UTC, datetime
+
+    from mlplatform import monitor as mon
+    from mlplatform.drift_report import feature_table, summary_table, write_report
+
+    try:
+        platform = PlatformSettings(work_dir=work_dir)
+        settings = _monitor_settings(
+            prediction_log_dir=prediction_log_dir,
+            labels_dir=labels_dir,
+            model_dir=model_dir,
+            window_seconds=window_seconds,
+            quality_window_seconds=quality_window_seconds,
+            min_window_predictions=min_window_predictions,
+        )
+        end = time.time()
+        if window_end is not None:
+            parsed = datetime.fromisoformat(window_end)
+            end = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        if model_dir is not None and not model_dir.is_dir():
+            raise mon.MonitorError(f"--model-dir {model_dir} is not a folder")
+        results = mon.evaluate_windows(settings, platform, end, windows, model_version=model_version)
+        mon.require_evidence(results, settings, platform, model_version)
+    except (MlPlatformError, ValueError) as exc:
+        _fail(exc)
+    folder = output or platform.resolved_work_dir / "monitor" / "reports"
+    for result in results:
+        console.print(summary_table(result))
+        for v in result.versions:
+            if v.features:
+                console.print(feature_table(v))
+            elif v.error or v.skipped:
+                console.print(f"[yellow]{v.model_name} v{v.model_version}:[/] {v.error or v.skipped}")
+        if report and result.versions:
+            console.print(f"report: {write_report(result, folder) / 'report.md'}")
+
+
+@monitor_app.command("serve")
+def monitor_serve(
+    work_dir: WorkDir = Path(".mlplatform"),
+    prediction_log_dir: LogDir = None,
+    labels_dir: LabelsDir = None,
+    model_dir: ModelDir = None,
+    window_seconds: WindowSeconds = None,
+    interval_seconds: Annotated[float | None, typer.Option("--interval-seconds", help="Seconds between runs.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port of /metrics and /healthz.")] = None,
+) -> None:
+    """Run the monitor process: evaluate every interval, serve Prometheus gauges until Ctrl-C or SIGTERM."""
+    import logging
+
+    from mlplatform.monitor import Monitor
+
+    try:
+        settings = _monitor_settings(
+            prediction_log_dir=prediction_log_dir,
+            labels_dir=labels_dir,
+            model_dir=model_dir,
+            window_seconds=window_seconds,
+            interval_seconds=interval_seconds,
+            port=port,
+        )
+        platform = PlatformSettings(work_dir=work_dir)
+    except ValueError as exc:
+        _fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Monitor(settings, platform).serve()
+
+
+@monitor_app.command("emit-labels")
+def monitor_emit_labels(
+    transactions: Annotated[Path, typer.Option("--transactions", help="Generated transactions (Parquet).")],
+    until: Annotated[str, typer.Option("--until", help="Emit labels known by this time (ISO-8601, data time).")],
+    since: Annotated[str | None, typer.Option("--since", help="Labels up to this time were emitted.")] = None,
+    work_dir: WorkDir = Path(".mlplatform"),
+    prediction_log_dir: LogDir = None,
+    labels_dir: LabelsDir = None,
+) -> None:
+    """Replay delayed labels: write the labels of served transactions that became known by --until."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from mlplatform.labels import emit_labels, record_key, write_labels
+    from mlplatform.monitor import load_predictions
+
+    def when(text: str) -> datetime:
+        t = datetime.fromisoformat(text)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+    try:
+        platform = PlatformSettings(work_dir=work_dir)
+        settings = _monitor_settings(prediction_log_dir=prediction_log_dir, labels_dir=labels_dir)
+        if not transactions.is_file():
+            raise ConfigError(f"--transactions {transactions} does not exist")
+        served = load_predictions(settings.log_dir(platform), settings.monitored_model(platform), float("-inf"))
+        ids = {k for k in map(record_key, served) if k}
+        frame = emit_labels(pd.read_parquet(transactions), ids, when(until), when(since) if since else None)
+        path = write_labels(frame, settings.label_dir(platform))
+    except (MlPlatformError, ValueError) as exc:
+        _fail(exc)
+    print(json.dumps({"labels": len(frame), "served": len(ids), "file": str(path) if path else None}))
+
+
+# ---------------------------------------------------------------- ML Test Score (issue 8)
+@app.command("score")
+def score_command(
+    run_tests: Annotated[
+        bool, typer.Option("--run/--no-run", help="Run the mapped tests and count only the passing ones.")
+    ] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the scores (JSON).")] = Path(
+        "build/mltestscore.json"
+    ),
+) -> None:
+    """The ML Test Score (Breck et al. 2017): each of the 28 checks mapped to this project's tests and monitoring."""
+    from mlplatform import mltestscore
+
+    try:
+        result = mltestscore.score(run=run_tests)
+    except (RuntimeError, ValueError, OSError) as exc:
+        _fail(exc)
+    table = Table(title="ML Test Score")
+    for column in ("check", "title", "score", "how", "covered by"):
+        table.add_column(column)
+    for check in result["checks"]:
+        covered = ", ".join(t.rsplit("::", 1)[-1] for t in check["tests"][:2]) or check["note"]
+        table.add_row(check["id"], check["title"], f"{check['score']:g}", check["how"], covered)
+    console.print(table)
+    sections = "  ".join(f"{mltestscore.SECTION_TITLES[k]} {v:g}" for k, v in result["sections"].items())
+    console.print(f"sections: {sections}   final score (minimum): [bold]{result['final']:g}[/]")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {output}")
+
+
 if __name__ == "__main__":
     app()

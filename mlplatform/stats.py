@@ -116,3 +116,33 @@ def ks_of_counts(expected: Sequence[float] | np.ndarray, actual: Sequence[float]
     if e.sum() <= 0 or a.sum() <= 0:
         return float("nan")
     return ks_of_cdfs(np.cumsum(e)[:-1] / e.sum(), np.cumsum(a)[:-1] / a.sum())
+
+
+def bin_proportions(reference: Mapping[str, Any], values: np.ndarray) -> np.ndarray:
+    """Share of `values`' finite entries in each of a column's reference bins (empty when either side is empty)."""
+    edges = reference.get("edges") or []
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(edges) < 2 or v.size == 0:
+        return np.empty(0)
+    return np.histogram(v, bins=np.asarray(edges))[0] / v.size
+
+
+def standardized_mean_difference(reference: Mapping[str, Any], values: np.ndarray) -> float:
+    """(live mean - reference mean) / pooled standard deviation, over finite values (Cohen's d).
+
+    The pooled standard deviation is sqrt((reference std^2 + live std^2) / 2). Signed: positive when
+    live values are higher. 0 when both sides are constant and equal, +-inf when both are constant and
+    differ (within float noise), NaN when either side has no finite value.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    mean, std = reference.get("mean"), reference.get("std")
+    if v.size == 0 or mean is None or std is None:
+        return float("nan")
+    diff = float(v.mean()) - float(mean)
+    pooled = float(np.sqrt((float(std) ** 2 + float(v.std()) ** 2) / 2.0))
+    tol = 1e-12 * max(1.0, abs(float(mean)))  # float noise of a constant column's std
+    if pooled > tol:
+        return diff / pooled
+    return 0.0 if abs(diff) <= tol else float(np.copysign(np.inf, diff))
