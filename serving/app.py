@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from kserve import Model, ModelServer, model_server
 
 from serving.errors import install_handlers
@@ -89,6 +90,10 @@ class GuardMiddleware:
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return
+        header_length = headers.get(b"inference-header-content-length")
+        if header_length is not None and not header_length.isdigit():
+            await self._reject(send, 400, "Inference-Header-Content-Length must be a byte count (digits only)", [])
+            return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await self._reject(send, 413, f"request body larger than {self.max_body_bytes} bytes", [])
@@ -146,9 +151,49 @@ def prepare_app(
         return ORJSONResponse(status_code=413, content={"error": str(exc)})
 
     app.add_exception_handler(BodyTooLarge, _too_large)
+    app.add_exception_handler(RequestValidationError, _not_protocol)
+    _answer_unserved_routes(app)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     app.add_middleware(GuardMiddleware, token=token, max_inflight=settings.max_inflight_requests, on_reject=on_reject)
     return app
+
+
+async def _not_protocol(_: Any, exc: Exception) -> Any:
+    """422 naming where the body breaks the protocol, without echoing the offending values (FastAPI's own
+    handler echoes them, which fails with a 500 on NaN/Infinity and copies request values into answers)."""
+    from fastapi.responses import ORJSONResponse
+
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()[:10]]
+    where = ".".join(errors[0]["loc"]) if errors else "body"
+    return ORJSONResponse(
+        status_code=422, content={"error": f"{where}: {errors[0]['msg'] if errors else 'invalid'}", "detail": errors}
+    )
+
+
+def _answer_unserved_routes(app: FastAPI) -> None:
+    """404 with a JSON error for protocol routes this server does not serve (KServe answers them 501).
+
+    One endpoint serves one model version (its version is in the metadata), so the per-version v2
+    routes do not exist here, and there is no explainer. Registered before KServe's own routes, so
+    these match first.
+    """
+    from fastapi.responses import ORJSONResponse
+
+    async def no_versions(model_name: str, model_version: str) -> ORJSONResponse:
+        return ORJSONResponse(
+            status_code=404,
+            content={"error": f"versioned routes are not served; use /v2/models/{model_name[:64]} (one version each)"},
+        )
+
+    async def no_explainer(model_name: str) -> ORJSONResponse:
+        return ORJSONResponse(status_code=404, content={"error": "this model has no explainer"})
+
+    base = "/v2/models/{model_name}/versions/{model_version}"
+    app.add_api_route(base, no_versions, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{base}/ready", no_versions, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{base}/infer", no_versions, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/models/{model_name}:explain", no_explainer, methods=["POST"], include_in_schema=False)
 
 
 def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> None:

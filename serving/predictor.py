@@ -91,7 +91,7 @@ class FraudPredictor(Model):
                 raise InvalidRequest("inputs", f"needs an input named {INPUT_NAME!r}")
             try:
                 rows = np.asarray(inputs[INPUT_NAME].as_numpy(), dtype=np.float32)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: a value outside its datatype
                 raise InvalidRequest(f"inputs.{INPUT_NAME}", f"is not numeric: {exc}") from None
             rows = rows.reshape(-1, n_features) if rows.ndim == 1 and rows.size % n_features == 0 else rows
         else:

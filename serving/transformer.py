@@ -257,6 +257,8 @@ class FraudTransformer(Model):
         scoring: Scoring = payload
         start = time.perf_counter()
         forward = {"x-request-id": scoring.request_id, "content-type": "application/json"}
+        if self.settings.auth_token is not None:  # a predictor given the same token checks it too (local serving)
+            forward["authorization"] = f"Bearer {self.settings.auth_token.get_secret_value()}"
         try:
             response = await self._call_predictor(orjson.dumps({"instances": scoring.rows.tolist()}), forward)
         except ServiceUnavailable:
