@@ -1,0 +1,39 @@
+"""Grafana dashboards are code: the committed JSON (and the chart's copies) are the current output of the builder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlplatform import dashboards
+
+#: What issue 5 asks the dashboards to show, by file.
+REQUIRED = {
+    "serving-overview.json",
+    "canary-comparison.json",
+    "drift.json",
+    "quality.json",
+    "feature-store.json",
+    "retraining-rollout.json",
+}
+
+
+@pytest.mark.parametrize("folder", dashboards.OUTPUT_DIRS, ids=lambda p: str(p.relative_to(dashboards.ROOT)))
+def test_committed_dashboards_are_the_generated_ones(folder) -> None:
+    expected = dashboards.render()
+    committed = {p.name: p.read_text() for p in folder.glob("*.json")}
+    assert committed == expected, f"{folder} is stale: run `python -m mlplatform.dashboards`"
+
+
+def test_every_required_dashboard_exists_with_unique_uids_and_panel_ids() -> None:
+    rendered = {name: json.loads(text) for name, text in dashboards.render().items()}
+    assert set(rendered) == REQUIRED
+    assert len({d["uid"] for d in rendered.values()}) == len(rendered)
+    for name, doc in rendered.items():
+        ids = [p["id"] for p in doc["panels"]]
+        assert len(ids) == len(set(ids)), name
+        assert all(p["targets"] and p["datasource"]["uid"] == "${datasource}" for p in doc["panels"]), name
+        assert [v["name"] for v in doc["templating"]["list"]] == ["datasource", "model_name"]
+        for p in doc["panels"]:  # no panel overlaps the 24-column grid's edge
+            assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, (name, p["title"])
