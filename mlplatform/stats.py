@@ -79,7 +79,8 @@ def ks_statistic(reference: Mapping[str, Any], values: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     if edges.size < 2 or v.size == 0:
         return float("nan")
-    live_cdf = np.searchsorted(np.sort(v), edges[1:-1], side="right") / v.size
+    # side="left": the share of values below each edge, as the reference bins [edge, next edge) count them
+    live_cdf = np.searchsorted(np.sort(v), edges[1:-1], side="left") / v.size
     return ks_of_cdfs(np.cumsum(reference["proportions"])[:-1], live_cdf)
 
 
