@@ -11,10 +11,7 @@ import pytest
 
 from serving.local import LocalService
 from tests.reliability.fuzz import Endpoint, Tally
-from tests.reliability.stack import NAME, Stack, serving_stack
-
-#: The bearer token of the shared service (a distinctive value the log checks grep for).
-TOKEN = "tok-RELIABILITY-7f3a9c1e5b"
+from tests.reliability.stack import NAME, TOKEN, Stack, serving_stack
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from serving.local import LocalService, free_port, start_local
 
 CONFIG_FILE = "feature_store_redis_postgres.yaml"
 NAME = "fraud-detector"
+#: The bearer token of the reliability services (a distinctive value the log checks grep for).
+TOKEN = "tok-RELIABILITY-7f3a9c1e5b"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -168,7 +170,7 @@ def record_result(name: str, payload: dict[str, Any]) -> None:
 
 
 @contextmanager
-def serving_stack(work: Path, n_transactions: int = 8000, max_epochs: int = 2) -> Iterator[Stack]:
+def serving_stack(work: Path, n_transactions: int = 5000, max_epochs: int = 1) -> Iterator[Stack]:
     """Private Redis, a fresh PostgreSQL database (Feast registry), ingest -> features -> train -> register
     (SQLite MLflow in `work`) -> deploy (artifact verified); every service started through the stack is
     stopped, the database dropped and Redis stopped at the end.
