@@ -239,3 +239,5 @@ def test_notes_say_how_to_reach_each_endpoint(tmp_path) -> None:
     assert "port-forward svc/mlplatform-mlflow 5000:5000" in notes
     assert "port-forward svc/mlplatform-feature-server 6566:6566" in notes
     assert "fraudDetector.enabled=true" in notes and "helm test mlplatform" in notes
+    assert "http://mlplatform-webhook.mlplatform.svc.cluster.local:9109/alerts" in notes
+    assert "port-forward svc/kube-prometheus-stack-grafana 3000:80" in notes

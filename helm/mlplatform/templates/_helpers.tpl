@@ -144,3 +144,29 @@ Used by the feature server and the transformer.
   value: {{ include "mlplatform.feast.redis" . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The PersistentVolumeClaim of the prediction log (transformer writes, monitor reads).
+*/}}
+{{- define "mlplatform.predictionLog.claim" -}}
+{{- default (include "mlplatform.componentName" (dict "context" . "component" "prediction-log")) .Values.fraudDetector.predictionLog.persistence.existingClaim -}}
+{{- end -}}
+
+{{/*
+Pod-level scheduling keys (nodeSelector, tolerations, affinity) of a component's values.
+Usage: {{ include "mlplatform.scheduling" .Values.monitoring.monitor | nindent 6 }}
+*/}}
+{{- define "mlplatform.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
