@@ -452,7 +452,16 @@ def retraining() -> dict[str, Any]:
                 unit="percent",
             ),
             Panel(
-                "Last rollback",
+                "Canary step decisions",
+                [
+                    (
+                        f"sum by (decision) (increase(mlplatform_rollout_step_decisions_total{{{MODEL}}}[1h]))",
+                        "{{decision}}",
+                    )
+                ],
+            ),
+            Panel(
+                "Time to restore of the last rollback",
                 [(f"max by (model_name) (mlplatform_rollout_last_rollback_seconds{{{MODEL}}})", "{{model_name}}")],
                 kind="stat",
                 unit="s",

@@ -54,6 +54,7 @@ ROLLOUT_METRICS = {
     "mlplatform_rollout_state",
     "mlplatform_rollouts_total",
     "mlplatform_rollout_last_rollback_seconds",
+    "mlplatform_rollout_step_decisions_total",
 }
 METRIC = re.compile(r"\b(mlplatform_[a-z0-9_]+)\b")
 
