@@ -94,6 +94,10 @@ test-gpu: ## the gpu tests; needs only torch, numpy, safetensors and pytest (a b
 bench-serving: venv services ## full local serving path vs a one-process baseline: RPS, p50/p95/p99, CPU (JSON)
 	$(PY) benchmarks/bench_serving.py --output benchmarks/results/serving.json
 
+.PHONY: reliability
+reliability: venv services ## bad input (>= 10,000 cases), load + shedding, faults, pip-audit, ML Test Score (JSON + docs/reliability.md)
+	PYTHONPATH=. $(PY) benchmarks/reliability.py --output benchmarks/results/reliability.json --doc docs/reliability.md
+
 .PHONY: bench
 bench: bench-pipeline bench-train bench-serving ## all benchmarks
 

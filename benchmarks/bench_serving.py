@@ -44,7 +44,14 @@ REDIS_DB = 13
 
 
 # ---------------------------------------------------------------- load generator (own process)
-async def _open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, warmup: float = 1.0) -> dict[str, Any]:
+async def _open_loop(
+    url: str,
+    bodies: list[bytes],
+    rate: float,
+    seconds: float,
+    warmup: float = 1.0,
+    extra_headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Requests at `rate` per second; the first `warmup` seconds open connections and are not counted."""
     import aiohttp
 
@@ -52,24 +59,31 @@ async def _open_loop(url: str, bodies: list[bytes], rate: float, seconds: float,
     n = int(rate * seconds) + skip
     latencies: list[float] = []
     errors = 0
+    statuses: dict[str, int] = {}  # status (or the exception's name: TimeoutError, ...) -> count, counted requests
+    shed_with_retry_after = 0  # 503 answers that carry Retry-After
     connector = aiohttp.TCPConnector(limit=256)
     timeout = aiohttp.ClientTimeout(total=5)
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **(extra_headers or {})}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one(i: int, scheduled: float) -> None:
-            nonlocal errors
+            nonlocal errors, shed_with_retry_after
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
                 async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as r:
                     await r.read()
+                    if i >= skip:
+                        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+                        shed_with_retry_after += r.status == 503 and "Retry-After" in r.headers
                     if r.status != 200:
                         errors += i >= skip
                         return
-            except Exception:
+            except Exception as exc:
                 errors += i >= skip
+                if i >= skip:
+                    statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
                 return
             if i >= skip:
                 latencies.append(time.perf_counter() - scheduled)
@@ -77,7 +91,15 @@ async def _open_loop(url: str, bodies: list[bytes], rate: float, seconds: float,
         start = time.perf_counter() + 0.05
         await asyncio.gather(*(one(i, start + i / rate) for i in range(n)))
         wall = time.perf_counter() - start - warmup
-    return {"latencies": latencies, "errors": errors, "sent": n - skip, "total": n, "wall": wall}
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "sent": n - skip,
+        "total": n,
+        "wall": wall,
+        "statuses": statuses,
+        "shed_with_retry_after": shed_with_retry_after,
+    }
 
 
 async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
@@ -115,18 +137,44 @@ async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds:
     return {"latencies": latencies, "errors": errors, "sent": done + errors, "total": done + errors, "wall": wall}
 
 
-def _load_process(kind: str, url: str, bodies: list[bytes], x: float, seconds: float, out: Any) -> None:
-    coro = _open_loop(url, bodies, x, seconds) if kind == "open" else _closed_loop(url, bodies, int(x), seconds)
+def _load_process(
+    kind: str,
+    url: str,
+    bodies: list[bytes],
+    x: float,
+    seconds: float,
+    out: Any,
+    headers: dict[str, str] | None,
+    warmup: float = 1.0,
+) -> None:
+    if kind == "open":
+        coro = _open_loop(url, bodies, x, seconds, warmup, extra_headers=headers)
+    else:
+        coro = _closed_loop(url, bodies, int(x), seconds)
     out.put(asyncio.run(coro))
 
 
-def run_load(kind: str, url: str, bodies: list[bytes], x: float, seconds: float, pids: list[int]) -> dict[str, Any]:
-    """Run one load phase in a separate process; returns latency percentiles, errors, RPS and server CPU."""
+def run_load(
+    kind: str,
+    url: str,
+    bodies: list[bytes],
+    x: float,
+    seconds: float,
+    pids: list[int],
+    headers: dict[str, str] | None = None,
+    warmup: float = 1.0,
+) -> dict[str, Any]:
+    """Run one load phase in a separate process; returns latency percentiles, errors, RPS and server CPU.
+
+    Open loop (`kind="open"`, `x` requests per second) also returns `statuses` (status or exception name ->
+    count) and `shed_with_retry_after` (503 answers carrying Retry-After); `headers` are added to each request,
+    and the first `warmup` seconds of an open loop are sent but not counted.
+    """
     procs = [psutil.Process(p) for p in pids]
     cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_load_process, args=(kind, url, bodies, x, seconds, queue))
+    proc = ctx.Process(target=_load_process, args=(kind, url, bodies, x, seconds, queue, headers, warmup))
     proc.start()
     result = queue.get()
     proc.join()
@@ -141,6 +189,7 @@ def run_load(kind: str, url: str, bodies: list[bytes], x: float, seconds: float,
         "errors": result["errors"],
         "requests": result["sent"],
         "server_cpu_ms_per_request": round(1000 * cpu / max(result["total"], 1), 2),
+        **{k: result[k] for k in ("statuses", "shed_with_retry_after") if k in result},
     }
 
 
