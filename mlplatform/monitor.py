@@ -450,6 +450,11 @@ class ReferenceResolver:
         self._cache: dict[tuple[str, str], ModelReference] = {}
         self._lock = threading.Lock()
 
+    @property
+    def source(self) -> str:
+        """Where references come from, for messages."""
+        return str(self.model_dir) if self.model_dir is not None else self.platform.tracking_uri
+
     def get(self, model_name: str, model_version: str) -> ModelReference:
         """The reference of a version.
 
@@ -502,6 +507,8 @@ class ReferenceResolver:
                     "check MLPLATFORM_MLFLOW_TRACKING_URI, or compare with one artifact (--model-dir)"
                 ) from exc
             raise
+        if not mv.source:
+            raise ReferenceUnavailable(f"{model_name} version {model_version} has no artifact source in the registry")
         version = tracking.RegisteredVersion(
             mv.name, str(mv.version), mv.source, mv.run_id, list(mv.aliases), dict(mv.tags)
         )
@@ -557,6 +564,9 @@ def evaluate(
             ref = resolver.get(name, version)
         except MonitorError as exc:
             report.error = str(exc)
+        except Exception as exc:  # the registry unreachable: MLflow and HTTP clients raise their own types
+            report.error = f"cannot read the reference of {name} version {version} from {resolver.source}: {exc}"
+        if report.error:
             reports.append(report)
             continue
         if ref.created_unix_s is not None:

@@ -130,3 +130,31 @@ def test_window_end_must_be_a_time(log_dir: Path, tmp_path: Path) -> None:
     result = _invoke("show", "--work-dir", tmp_path, "--prediction-log-dir", log_dir, "--window-end", "yesterday")
     assert result.exit_code == 2
     assert "yesterday" in _text(result)
+
+
+def test_emit_labels_writes_the_labels_of_served_transactions_known_by_then(tmp_path: Path) -> None:
+    from mlplatform.datagen import GeneratorConfig, generate_transactions
+    from mlplatform.labels import read_labels
+
+    raw = generate_transactions(GeneratorConfig(n_transactions=1_000, n_days=5, seed=3))
+    raw.to_parquet(tmp_path / "raw.parquet")
+    served = raw["transaction_id"].iloc[:300].tolist()
+    log = PredictionLog(tmp_path / "predictions").start()
+    records = _records("1", 300, 0.0, END, 5)
+    log.append([{**r, "record_id": t, "transaction_id": t} for r, t in zip(records, served, strict=True)])
+    log.close()
+    until = raw["label_timestamp"].iloc[:300].median()
+    args = ["--transactions", tmp_path / "raw.parquet", "--work-dir", tmp_path]
+    first = _invoke("emit-labels", *args, "--until", until.isoformat())
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output)
+    assert summary["served"] == 300 and 0 < summary["labels"] < 300
+    second = _invoke("emit-labels", *args, "--since", until.isoformat(), "--until", "2026-12-31T00:00:00+00:00")
+    assert json.loads(second.output)["labels"] == 300 - summary["labels"]
+    labels = read_labels(tmp_path / "labels")
+    truth = dict(zip(raw["transaction_id"], raw["is_fraud"], strict=True))
+    assert set(labels) == set(served) and all(lab.label == truth[t] for t, lab in labels.items())
+    missing = _invoke(
+        "emit-labels", "--transactions", tmp_path / "nope.parquet", "--until", "2026-01-01", "--work-dir", tmp_path
+    )
+    assert missing.exit_code == 2 and "nope.parquet does not exist" in _text(missing)

@@ -7,15 +7,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from mlplatform.features import MODEL_FEATURES
+from mlplatform.labels import Label
 from mlplatform.model import ModelConfig, build_model, save_model
 from mlplatform.monitor import (
     GAUGES,
     PSI_ALERT,
+    Monitor,
     MonitorCollector,
     MonitorSettings,
     ReferenceResolver,
@@ -83,7 +86,8 @@ def window_records(version: str, n: int, shift: float, seed: int, end: datetime 
     rng = np.random.default_rng(seed)
     x = _reference_matrix(rng, n, shift)
     scores = np.clip(rng.beta(1, 8, n) + shift * 0.3, 0, 1)
-    return [record(version, x[i], float(scores[i]), end - timedelta(seconds=1 + i % 500), i) for i in range(n)]
+    ids = range(seed * 100_000, seed * 100_000 + n)  # unique across calls
+    return [record(version, x[i], float(scores[i]), end - timedelta(seconds=1 + i % 500), j) for i, j in enumerate(ids)]
 
 
 def test_psi_and_ks_are_low_for_an_undrifted_window_and_high_for_a_drifted_one() -> None:
@@ -224,3 +228,51 @@ def test_collector_exports_the_agreed_metric_names(artifact: Path, tmp_path: Pat
     assert 'mlplatform_monitor_window_predictions{model_name="fraud-detector",model_version="3"} 200.0' in text
     collector.update(evaluate([], {}, window, window, settings, ReferenceResolver(PlatformSettings(), artifact)))
     assert "model_version=" not in generate_latest(registry).decode()  # a version that left the window is gone
+
+
+def test_quality_counts_only_labelled_predictions_of_the_quality_window(artifact: Path, tmp_path: Path) -> None:
+    recent = window_records("1", 200, 0.0, seed=6)
+    old = window_records("1", 100, 0.0, seed=7, end=NOW - timedelta(days=10))  # outside the 7-day window
+    log_dir = write_log(tmp_path / "log", recent + old)
+    labels = {r["record_id"]: Label(r["record_id"], int(r["score"] > 0.3), 0.0) for r in recent[:120] + old}
+    settings = MonitorSettings(model_dir=artifact, min_window_predictions=100, min_labelled_predictions=50)
+    preds = load_predictions(log_dir, "fraud-detector", 0.0)
+    end = NOW.timestamp()
+    result = evaluate(
+        preds,
+        labels,
+        Window.ending(end, 3600),
+        Window.ending(end, 7 * 86_400),
+        settings,
+        ReferenceResolver(PlatformSettings(), artifact),
+    )
+    [v] = result.versions
+    assert v.quality is not None and v.quality.labelled == 120
+    assert v.quality.pr_auc == pytest.approx(1.0)  # the labels are a threshold on the score
+
+
+def test_monitor_loop_counts_outcomes_and_serves_health(artifact: Path, tmp_path: Path) -> None:
+    platform = PlatformSettings(work_dir=tmp_path)
+    settings = MonitorSettings(model_dir=artifact, min_window_predictions=100, host="127.0.0.1", port=0)
+    monitor = Monitor(settings, platform)
+    port = monitor.start_http()
+    try:
+        assert monitor.run_once() is not None  # no log folder yet: no traffic, not a failure
+        write_log(tmp_path / "predictions", window_records("5", 150, 0.0, seed=8, end=datetime.now(UTC)))
+        monitor.run_once()
+        write_log(tmp_path / "predictions", window_records("6", 20, 0.0, seed=9, end=datetime.now(UTC)))
+        monitor.run_once()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'mlplatform_monitor_runs_total{outcome="skipped"} 2.0' in text  # empty, then v6
+        assert 'mlplatform_monitor_runs_total{outcome="ok"} 2.0' in text  # v5 twice
+        assert 'mlplatform_monitor_runs_total{outcome="error"} 0.0' in text
+        assert "mlplatform_monitor_last_success_timestamp_seconds 1." in text
+        assert 'mlplatform_drift_psi{feature="amount_log",model_name="fraud-detector",model_version="6"}' not in text
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
+        (artifact.parent / "no-reference").mkdir(exist_ok=True)
+        broken = Monitor(settings.model_copy(update={"model_dir": artifact.parent / "no-reference"}), platform)
+        broken.run_once()
+        assert broken.runs.labels(outcome="error")._value.get() == 2  # v5 and v6: no artifact there
+    finally:
+        monitor.stop()
