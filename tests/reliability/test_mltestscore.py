@@ -50,3 +50,19 @@ def test_a_check_whose_tests_are_gone_scores_only_its_documented_manual_procedur
 def test_a_marker_naming_an_unknown_check_is_refused() -> None:
     with pytest.raises(ValueError, match="data-1 .. monitor-7"):
         mltestscore.mapped_tests({"tests/x.py::test_y": ["data-99"]})
+
+
+def test_score_command_prints_the_table_and_writes_json(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlplatform.cli import app
+
+    everything = {t: [] for c in CHECKS for t in c.tests}
+    monkeypatch.setattr(mltestscore, "collect", lambda paths=("tests",), timeout_seconds=600: everything)
+    out = tmp_path / "score.json"
+    result = CliRunner().invoke(app, ["score", "--output", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "ML Test Score" in result.output and "final score (minimum)" in result.output
+    assert json.loads(out.read_text())["final"] == mltestscore.score()["final"]
