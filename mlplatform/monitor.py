@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +43,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.errors import MlPlatformError
-from mlplatform.labels import Label, join_labels, read_labels
+from mlplatform.labels import Label, join_labels, read_labels, record_key
 from mlplatform.settings import PlatformSettings
 from mlplatform.stats import bin_proportions, ks_statistic, psi, standardized_mean_difference
 
@@ -407,10 +407,23 @@ def served_unix_s(record: Mapping[str, Any]) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
+#: What quality needs of a prediction outside the drift window (the rest is dropped to bound memory).
+QUALITY_FIELDS = ("model_name", "model_version", "record_id", "transaction_id", "score", "_served_unix_s")
+
+
 def load_predictions(
-    log_dir: Path, model_name: str, since_unix_s: float, missing_ok: bool = False
+    log_dir: Path,
+    model_name: str,
+    since_unix_s: float,
+    missing_ok: bool = False,
+    full_since_unix_s: float | None = None,
+    labelled: Container[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Records of `model_name` served after `since_unix_s`, each with `_served_unix_s` added.
+
+    With `full_since_unix_s` and `labelled`, a record served at or before `full_since_unix_s` (outside
+    every drift window) is kept only when its id has a label, and only with `QUALITY_FIELDS`: a week of
+    traffic is not held in memory for the quality window.
 
     Raises:
         MonitorError: When the folder does not exist (unless `missing_ok`: then there are no records).
@@ -427,9 +440,14 @@ def load_predictions(
     out = []
     for r in read_records(log_dir):
         t = served_unix_s(r)
-        if t is not None and t > since_unix_s and r.get("model_name") == model_name:
-            r["_served_unix_s"] = t
-            out.append(r)
+        if t is None or t <= since_unix_s or r.get("model_name") != model_name:
+            continue
+        r["_served_unix_s"] = t
+        if full_since_unix_s is not None and labelled is not None and t <= full_since_unix_s:
+            if record_key(r) not in labelled:
+                continue
+            r = {k: r.get(k) for k in QUALITY_FIELDS}
+        out.append(r)
     return out
 
 
@@ -601,13 +619,18 @@ def evaluate_windows(
         mlplatform.labels.LabelFeedError: When the label feed is malformed.
     """
     resolver = resolver or ReferenceResolver(platform, settings.model_dir)
-    earliest = end_unix_s - max(settings.window_seconds * count, settings.quality_window_seconds)
+    drift_start = end_unix_s - settings.window_seconds * count
+    labels = read_labels(settings.label_dir(platform))
     predictions = load_predictions(
-        settings.log_dir(platform), settings.monitored_model(platform), earliest, missing_log_ok
+        settings.log_dir(platform),
+        settings.monitored_model(platform),
+        min(drift_start, end_unix_s - settings.quality_window_seconds),
+        missing_log_ok,
+        full_since_unix_s=drift_start,
+        labelled=labels,
     )
     if model_version is not None:
         predictions = [r for r in predictions if str(r.get("model_version")) == model_version]
-    labels = read_labels(settings.label_dir(platform))
     out = []
     for i in reversed(range(count)):
         end = end_unix_s - i * settings.window_seconds

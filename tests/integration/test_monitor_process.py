@@ -40,7 +40,7 @@ from mlplatform.settings import PlatformSettings
 from mlplatform.training import TrainConfig
 from serving.prediction_log import PredictionLog
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: Days generated; training from the day the 30-day aggregates are warm, then validation, then live traffic.
 N_DAYS, TRAIN_FROM_DAY, VALIDATION_FROM_DAY, LIVE_FROM_DAY = 60, 31, 50, 55

@@ -276,3 +276,16 @@ def test_monitor_loop_counts_outcomes_and_serves_health(artifact: Path, tmp_path
         assert broken.runs.labels(outcome="error")._value.get() == 2  # v5 and v6: no artifact there
     finally:
         monitor.stop()
+
+
+def test_predictions_outside_the_drift_window_are_kept_only_if_labelled_and_slim(tmp_path: Path) -> None:
+    inside = window_records("1", 5, 0.0, seed=13)
+    outside = window_records("1", 5, 0.0, seed=14, end=NOW - timedelta(days=2))
+    log_dir = write_log(tmp_path / "log", inside + outside)
+    labelled = {outside[0]["record_id"], inside[0]["record_id"]}
+    since = NOW.timestamp() - 3600
+    preds = load_predictions(log_dir, "fraud-detector", 0.0, full_since_unix_s=since, labelled=labelled)
+    assert len(preds) == 6
+    [slim] = [p for p in preds if p["_served_unix_s"] <= since]
+    assert slim["record_id"] == outside[0]["record_id"] and "features" not in slim and slim["score"] is not None
+    assert all("features" in p for p in preds if p["_served_unix_s"] > since)
