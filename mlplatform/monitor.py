@@ -905,8 +905,23 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def main() -> None:
+def usage() -> str:
+    """What `python -m mlplatform.monitor --help` prints: the settings and their variables."""
+    lines = ["usage: python -m mlplatform.monitor   (no arguments; settings from the environment)", ""]
+    for name, f in MonitorSettings.model_fields.items():
+        lines.append(f"  MLPLATFORM_MONITOR_{name.upper()}  (default {f.default!r}): {f.description}")
+    lines.append("  MLPLATFORM_MLFLOW_TRACKING_URI, MLPLATFORM_WORK_DIR, ...: see mlplatform.settings.PlatformSettings")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: `python -m mlplatform.monitor` (settings from MLPLATFORM_MONITOR_* and MLPLATFORM_*)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        print(usage(), file=sys.stdout if args[0] in ("-h", "--help") else sys.stderr)
+        raise SystemExit(0 if args[0] in ("-h", "--help") else 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Monitor(MonitorSettings(), PlatformSettings()).serve()
 

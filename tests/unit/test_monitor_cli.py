@@ -158,3 +158,14 @@ def test_emit_labels_writes_the_labels_of_served_transactions_known_by_then(tmp_
         "emit-labels", "--transactions", tmp_path / "nope.parquet", "--until", "2026-01-01", "--work-dir", tmp_path
     )
     assert missing.exit_code == 2 and "nope.parquet does not exist" in _text(missing)
+
+
+def test_process_entry_point_takes_no_arguments_and_lists_its_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    from mlplatform.monitor import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "MLPLATFORM_MONITOR_WINDOW_SECONDS" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["--port", "1"])
+    assert done.value.code == 2 and "no arguments" in capsys.readouterr().err
