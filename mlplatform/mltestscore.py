@@ -169,8 +169,8 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "monitor-1",
         "Dependency changes result in notification",
-        manual="docs/reliability.md#pip-audit",
-        note="pip-audit over requirements.lock in `make reliability`, read by a person (no notification)",
+        manual="Makefile#pip-audit",
+        note="pip-audit over requirements.lock in `make reliability` (docs/reliability.md), read by a person",
     ),
     Check(
         "monitor-2",
