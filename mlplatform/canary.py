@@ -17,7 +17,8 @@ from mlplatform.stats import ks_of_counts, psi_of_counts
 class CanarySettings(BaseSettings):
     """Traffic steps and the thresholds one analysis step applies.
 
-    Each field is read from the environment variable `MLPLATFORM_CANARY_<FIELD NAME>`.
+    Each field is read from the environment variable `MLPLATFORM_CANARY_<FIELD NAME>` (lists as JSON,
+    e.g. MLPLATFORM_CANARY_TRAFFIC_STEPS_PERCENT='[10, 50, 100]').
     """
 
     model_config = SettingsConfigDict(env_prefix="MLPLATFORM_CANARY_", extra="forbid")
@@ -28,7 +29,37 @@ class CanarySettings(BaseSettings):
         "100 is the promotion.",
     )
     step_window_seconds: int = Field(
-        default=300, ge=30, description="Length of the metrics window one step is analysed over."
+        default=300,
+        ge=2,
+        description="Shortest time a step runs, and the longest metrics window it is analysed over; a step is "
+        "promoted only after it, a failing check rolls back as soon as there is enough evidence.",
+    )
+    analysis_interval_seconds: float = Field(
+        default=15.0, gt=0, description="Time between two analyses of a running step."
+    )
+    step_max_wait_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest a step may go without a verdict (too little traffic, metrics unavailable); then the "
+        "rollout is rolled back as inconclusive, never promoted.",
+    )
+    ready_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="How long a traffic change may take to be in force (revisions ready)."
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus the analysis queries (required on a cluster); unset locally: a local Prometheus "
+        "server is started when the Debian package is installed, else the predictors' /metrics are read directly.",
+    )
+    prometheus_scrape_interval_seconds: float = Field(
+        default=15.0, gt=0, description="Scrape interval of that Prometheus (the shortest window is two of them)."
+    )
+    sticky_header: str | None = Field(
+        default=None,
+        description="Local splitter only: request header whose value keeps a client on one side (unset: random).",
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the controller's own /metrics while it runs; 0: none."
     )
     min_requests: int = Field(
         default=200,
@@ -46,7 +77,9 @@ class CanarySettings(BaseSettings):
         description="Highest canary error rate above the stable one in the same window (rate points).",
     )
     max_p99_latency_seconds: float = Field(
-        default=0.1, gt=0, description="Highest canary p99 end-to-end latency (transformer stage total)."
+        default=0.1,
+        gt=0,
+        description="Highest canary p99 latency of the predictor (stage predict: validation, model, post-assertion).",
     )
     max_p99_latency_ratio: float = Field(
         default=1.5, ge=1, description="Highest canary p99 latency as a multiple of the stable p99."
@@ -59,6 +92,21 @@ class CanarySettings(BaseSettings):
     )
     max_score_psi: float = Field(
         default=0.2, ge=0, description="Highest PSI of the canary score histogram against the stable one."
+    )
+    distribution_test_alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Significance level of the score-distribution checks: PSI and KS must also exceed what "
+        "sampling noise alone reaches at this level for the requests seen (the chi-square bound of PSI, the "
+        "two-sample KS critical value), so a few dozen requests cannot roll back a healthy canary.",
+    )
+    min_expected_per_bin: float = Field(
+        default=5.0,
+        gt=0,
+        description="Adjacent score buckets are pooled until each holds at least this many canary scores expected "
+        "under the stable distribution (and as many stable ones), the usual validity rule of chi-square tests: a "
+        "bucket seen once in twenty requests must not weigh like a population shift.",
     )
     max_score_ks: float = Field(
         default=0.15, ge=0, le=1, description="Highest KS distance of the canary score histogram from the stable one."
@@ -212,6 +260,49 @@ def bin_counts(
     return np.diff(cum_c, prepend=0.0), np.diff(cum_s, prepend=0.0)
 
 
+def pool_bins(canary_bins: np.ndarray, stable_bins: np.ndarray, min_expected: float) -> tuple[np.ndarray, np.ndarray]:
+    """Merge adjacent bins, left to right, until each holds `min_expected` stable scores and as many canary scores
+    as the stable distribution predicts for the canary's sample size; a short tail joins the last full bin."""
+    n_canary, n_stable = float(canary_bins.sum()), float(stable_bins.sum())
+    if n_canary <= 0 or n_stable <= 0:
+        return canary_bins, stable_bins
+    pooled_c: list[float] = []
+    pooled_s: list[float] = []
+    acc_c = acc_s = 0.0
+    for c, st in zip(canary_bins, stable_bins, strict=True):
+        acc_c, acc_s = acc_c + c, acc_s + st
+        if acc_s >= min_expected and acc_s / n_stable * n_canary >= min_expected:
+            pooled_c.append(acc_c)
+            pooled_s.append(acc_s)
+            acc_c = acc_s = 0.0
+    if acc_c or acc_s:
+        if pooled_c:
+            pooled_c[-1] += acc_c
+            pooled_s[-1] += acc_s
+        else:
+            pooled_c, pooled_s = [acc_c], [acc_s]
+    return np.asarray(pooled_c), np.asarray(pooled_s)
+
+
+def noise_bounds(canary_bins: np.ndarray, stable_bins: np.ndarray, alpha: float) -> tuple[float, float]:
+    """What PSI and KS reach by sampling noise alone, at significance `alpha`, for two binned samples.
+
+    Between two samples of one distribution, PSI (a symmetrised chi-square divergence) is asymptotically
+    chi-square with k - 1 degrees of freedom scaled by 1/n1 + 1/n2 (k: bins holding any observation);
+    KS is below c(alpha) * sqrt((n1 + n2) / (n1 n2)) with c(alpha) = sqrt(-ln(alpha / 2) / 2).
+    """
+    from scipy.stats import chi2
+
+    n1, n2 = float(canary_bins.sum()), float(stable_bins.sum())
+    if n1 <= 0 or n2 <= 0:
+        return math.inf, math.inf
+    k = int(np.count_nonzero((canary_bins + stable_bins) > 0))
+    scale = 1.0 / n1 + 1.0 / n2
+    psi_bound = float(chi2.ppf(1.0 - alpha, max(k - 1, 1))) * scale
+    ks_bound = math.sqrt(-math.log(alpha / 2.0) / 2.0) * math.sqrt(scale)
+    return psi_bound, ks_bound
+
+
 def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings) -> Verdict:
     """Judge one traffic step: ROLLBACK if any check fails, WAIT if any cannot be made, else PROMOTE_STEP.
 
@@ -278,12 +369,28 @@ def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings
                 )
             )
         counts = bin_counts(canary.score_buckets, stable.score_buckets)
-        psi = ks = None
-        if counts is not None:
-            canary_bins, stable_bins = counts
-            psi, ks = psi_of_counts(stable_bins, canary_bins), ks_of_counts(stable_bins, canary_bins)
-        checks.append(_upper("score_psi", psi, s.max_score_psi, "score PSI canary vs stable"))
-        checks.append(_upper("score_ks", ks, s.max_score_ks, "score KS canary vs stable"))
+        if counts is None:
+            checks.append(_upper("score_psi", None, s.max_score_psi, "score PSI canary vs stable"))
+            checks.append(_upper("score_ks", None, s.max_score_ks, "score KS canary vs stable"))
+        else:
+            canary_bins, stable_bins = pool_bins(*counts, s.min_expected_per_bin)
+            psi_noise, ks_noise = noise_bounds(canary_bins, stable_bins, s.distribution_test_alpha)
+            checks.append(
+                _upper(
+                    "score_psi",
+                    psi_of_counts(stable_bins, canary_bins),
+                    max(s.max_score_psi, psi_noise),
+                    f"score PSI canary vs stable (threshold {s.max_score_psi:g}, noise bound {psi_noise:.3g})",
+                )
+            )
+            checks.append(
+                _upper(
+                    "score_ks",
+                    ks_of_counts(stable_bins, canary_bins),
+                    max(s.max_score_ks, ks_noise),
+                    f"score KS canary vs stable (threshold {s.max_score_ks:g}, noise bound {ks_noise:.3g})",
+                )
+            )
 
     if any(c.status == CheckStatus.FAILED for c in checks):
         return Verdict(Decision.ROLLBACK, tuple(checks))

@@ -136,9 +136,13 @@ def prepare_local(settings: PlatformSettings, version: RegisteredVersion) -> Pat
 
 
 def render_manifest(
-    settings: PlatformSettings, version: RegisteredVersion, uri: str, canary_traffic_percent: int | None = None
+    settings: PlatformSettings,
+    version: RegisteredVersion,
+    uri: str,
+    canary_traffic_percent: int | None = None,
+    role: str = "stable",
 ) -> dict[str, Any]:
-    """The InferenceService for a version."""
+    """The InferenceService for a version (`role` canary while it is being rolled out)."""
     from serving.inferenceservice import ServiceSpec, render
 
     return render(
@@ -153,6 +157,7 @@ def render_manifest(
             feast_registry_secret=settings.serving_feast_registry_secret,
             auth_token_secret=settings.serving_auth_token_secret,
             canary_traffic_percent=canary_traffic_percent,
+            role=role,
         )
     )
 

@@ -18,9 +18,12 @@ SCORE_BUCKET = "mlplatform_prediction_score_bucket"
 FALLBACKS = "mlplatform_prediction_fallbacks_total"
 #: Outcomes that are the server's fault; invalid and unauthorized requests are the client's.
 SERVER_ERROR_OUTCOMES = ("error", "unavailable")
-#: The component clients talk to: its requests, end-to-end latency (stage total) and returned scores are what
-#: clients see. The predictor counts the same requests again, one hop further in.
-CLIENT_FACING_COMPONENT = "transformer"
+#: The component whose series carry the version being judged. On a cluster KServe splits traffic between the
+#: predictor revisions (`spec.predictor.canaryTrafficPercent`) while one transformer serves both, so only the
+#: predictor's requests, latency and scores belong to one version; the local backend judges the same series.
+ANALYSED_COMPONENT = "predictor"
+#: The predictor's latency stage: validation, the model and the post-assertion of one request.
+LATENCY_STAGE = "predict"
 #: Quantile of the latency check.
 LATENCY_QUANTILE = 0.99
 
@@ -63,7 +66,7 @@ class StepQueries:
     Attributes:
         requests: Requests answered in the window, every outcome (one sample; none if never scraped).
         errors: Requests answered with a server error in the window.
-        p99_seconds: p99 of the end-to-end latency (stage total) in the window; NaN without observations.
+        p99_seconds: p99 of the predictor's latency (stage predict) in the window; NaN without observations.
         fallbacks: Scores replaced by the fallback in the window, every component (the transformer falls back
             when features are unavailable, the predictor on non-finite or out-of-range scores); none if no
             fallback ever happened (the series is created by the first one).
@@ -80,11 +83,11 @@ class StepQueries:
 def step_queries(model_name: str, model_version: str, role: str, window_seconds: int) -> StepQueries:
     """The PromQL of one side of an analysis step over a window of `window_seconds` ending at the query time."""
     w = f"[{int(window_seconds)}s]"
-    front = selector(model_name, model_version, role, CLIENT_FACING_COMPONENT)
+    front = selector(model_name, model_version, role, ANALYSED_COMPONENT)
     errors = selector(
-        model_name, model_version, role, CLIENT_FACING_COMPONENT, outcome="~" + "|".join(SERVER_ERROR_OUTCOMES)
+        model_name, model_version, role, ANALYSED_COMPONENT, outcome="~" + "|".join(SERVER_ERROR_OUTCOMES)
     )
-    latency = selector(model_name, model_version, role, CLIENT_FACING_COMPONENT, stage="total")
+    latency = selector(model_name, model_version, role, ANALYSED_COMPONENT, stage=LATENCY_STAGE)
     return StepQueries(
         requests=f"sum(increase({REQUESTS}{front}{w}))",
         errors=f"sum(increase({REQUESTS}{errors}{w}))",

@@ -14,6 +14,7 @@ from mlplatform.settings import PlatformSettings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PREVIOUS = "previous"
 
 
 def configure(settings: PlatformSettings) -> str:
@@ -144,3 +145,67 @@ def register_version(
         raise
     aliases = [CHALLENGER] + ([] if had_champion else [CHAMPION])
     return RegisteredVersion(name, str(mv.version), source, run_id, aliases, str_tags)
+
+
+def get_version(name: str, version: str) -> RegisteredVersion:
+    """One model version by number.
+
+    Raises:
+        mlflow.exceptions.MlflowException: When it does not exist.
+    """
+    from mlflow import MlflowClient
+
+    mv = MlflowClient().get_model_version(name, version)
+    return RegisteredVersion(mv.name, str(mv.version), mv.source, mv.run_id, list(mv.aliases), dict(mv.tags))
+
+
+def promote_champion(name: str, version: str) -> list[str]:
+    """Make `version` the champion after a successful rollout: the old champion becomes `previous`.
+
+    The `challenger` alias is removed when it pointed at `version` (it is no longer challenging).
+
+    Returns:
+        The alias moves done, for the record (e.g. "previous: 1 -> 1", "champion: 1 -> 2").
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    moves = []
+    old = get_alias(name, CHAMPION)
+    if old is not None and old.version != str(version):
+        client.set_registered_model_alias(name, PREVIOUS, old.version)
+        moves.append(f"{PREVIOUS} -> {old.version}")
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    moves.append(f"{CHAMPION} -> {version}")
+    challenger = get_alias(name, CHALLENGER)
+    if challenger is not None and challenger.version == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+        moves.append(f"{CHALLENGER} removed")
+    return moves
+
+
+def retire_challenger(name: str, version: str) -> list[str]:
+    """After a rollback: remove `challenger` when it points at `version` (the champion stays as it is)."""
+    from mlflow import MlflowClient
+
+    challenger = get_alias(name, CHALLENGER)
+    if challenger is None or challenger.version != str(version):
+        return []
+    MlflowClient().delete_registered_model_alias(name, CHALLENGER)
+    return [f"{CHALLENGER} removed"]
+
+
+def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a model version (values as strings)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def log_run_artifacts(run_id: str, local_dir: Path, artifact_path: str) -> None:
+    """Attach the files of `local_dir` to a (finished) run under `artifact_path`."""
+    from mlflow import MlflowClient
+
+    MlflowClient().log_artifacts(run_id, str(local_dir), artifact_path)

@@ -18,6 +18,8 @@ FIELD_MANAGER = "mlplatform"
 PREDICTION_LOG_MOUNT = "/var/lib/mlplatform/predictions"
 ANNOTATION_MODEL_NAME = "mlplatform.io/model-name"
 ANNOTATION_MODEL_VERSION = "mlplatform.io/model-version"
+#: model_version label of the transformer on a cluster, where it is shared by the stable and canary predictors.
+SHARED_VERSION_LABEL = "shared"
 
 _SECURITY_CONTEXT = {
     "runAsNonRoot": True,
@@ -40,6 +42,7 @@ class ServiceSpec:
         storage_uri: Where KServe's storage initializer fetches the artifact (s3://, gs://, pvc://...).
         image: Serving image (transformer).
         canary_traffic_percent: Share of traffic for the latest revision; None = all of it.
+        role: stable or canary: the predictor revision's role label (a canary is relabelled stable on promotion).
         feast_redis: host:port of the Feast online store.
         feast_registry_secret: Secret holding the Feast registry's SQLAlchemy URL (key `url`).
         auth_token_secret: Secret holding the bearer token (key `token`); None disables the check.
@@ -56,6 +59,7 @@ class ServiceSpec:
     feast_redis: str
     feast_registry_secret: str
     canary_traffic_percent: int | None = None
+    role: str = "stable"
     auth_token_secret: str | None = None
     prediction_log_claim: str | None = None
     resources: dict[str, Any] = field(
@@ -74,12 +78,17 @@ def render(spec: ServiceSpec) -> dict[str, Any]:
     """The InferenceService manifest for `spec` (a dict, ready for server-side apply)."""
     if spec.canary_traffic_percent is not None and not 0 <= spec.canary_traffic_percent <= 100:
         raise ValueError(f"canary_traffic_percent must be 0..100, got {spec.canary_traffic_percent}")
+    if spec.role not in ("stable", "canary"):
+        raise ValueError(f"role must be stable or canary, got {spec.role!r}")
     identity = [
         _env("MLPLATFORM_SERVING_MODEL_VERSION", spec.model_version),
-        _env("MLPLATFORM_SERVING_ROLE", "stable"),
+        _env("MLPLATFORM_SERVING_ROLE", spec.role),
     ]
     transformer_env = [
-        *identity,
+        # One transformer revision serves both predictor revisions during a canary (KServe splits the
+        # predictor's traffic), so its series carry no version; the predictor's do, and those are analysed.
+        _env("MLPLATFORM_SERVING_MODEL_VERSION", SHARED_VERSION_LABEL),
+        _env("MLPLATFORM_SERVING_ROLE", "stable"),
         _env("MLPLATFORM_SERVING_FEAST_CONFIG_FILE", "feature_store_redis_postgres.yaml"),
         _env("MLPLATFORM_FEAST_REDIS", spec.feast_redis),
         {
@@ -186,29 +195,92 @@ def is_ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
+def get(name: str, namespace: str, api_client: Any) -> dict[str, Any]:
+    """The live InferenceService.
+
+    Raises:
+        DeployError: When it cannot be read.
+    """
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+    try:
+        return api_client.call_api(
+            path,
+            "GET",
+            header_params={"Accept": "application/json"},
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _request_timeout=30,
+        )
+    except Exception as exc:
+        raise DeployError(f"reading InferenceService {namespace}/{name} failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class PredictorTraffic:
+    """The predictor's rollout status as KServe reports it (Serverless mode).
+
+    Attributes:
+        canary_percent: `spec.predictor.canaryTrafficPercent`; None when absent (the latest revision gets all).
+        latest_percent: Share status reports for the latest revision (None when status has no traffic yet).
+        latest_revision: `latestCreatedRevision`.
+        latest_ready_revision: `latestReadyRevision`.
+        latest_rolled_out_revision: `latestRolledoutRevision` (the last one that got 100%).
+        previous_rolled_out_revision: `previousRolledoutRevision` (what a rollback returns to).
+        traffic: `status.components.predictor.traffic` as reported.
+    """
+
+    canary_percent: int | None
+    latest_percent: int | None
+    latest_revision: str | None
+    latest_ready_revision: str | None
+    latest_rolled_out_revision: str | None
+    previous_rolled_out_revision: str | None
+    traffic: tuple[dict[str, Any], ...]
+
+
+def predictor_traffic(obj: dict[str, Any]) -> PredictorTraffic:
+    """Read the predictor's traffic split and revisions from a live InferenceService."""
+    predictor = (obj.get("status") or {}).get("components", {}).get("predictor", {}) or {}
+    traffic = tuple(predictor.get("traffic") or ())
+    latest = [t for t in traffic if t.get("latestRevision")]
+    return PredictorTraffic(
+        canary_percent=((obj.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent"),
+        latest_percent=sum(int(t.get("percent") or 0) for t in latest) if traffic else None,
+        latest_revision=predictor.get("latestCreatedRevision"),
+        latest_ready_revision=predictor.get("latestReadyRevision"),
+        latest_rolled_out_revision=predictor.get("latestRolledoutRevision"),
+        previous_rolled_out_revision=predictor.get("previousRolledoutRevision"),
+        traffic=traffic,
+    )
+
+
+def wait_for(
+    name: str,
+    namespace: str,
+    api_client: Any,
+    condition: Any,
+    what: str,
+    timeout_seconds: float = 600.0,
+    poll_seconds: float = 5.0,
+) -> dict[str, Any]:
+    """Poll the InferenceService until `condition(obj)` holds; raises DeployError with its status on timeout."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        last = get(name, namespace, api_client)
+        if condition(last):
+            return last
+        if time.monotonic() >= deadline:
+            status = last.get("status") or {}
+            raise DeployError(
+                f"InferenceService {namespace}/{name} not {what} after {timeout_seconds:g}s: "
+                f"conditions {status.get('conditions')}, predictor {status.get('components', {}).get('predictor')}"
+            )
+        time.sleep(poll_seconds)
+
+
 def wait_ready(
     name: str, namespace: str, api_client: Any, timeout_seconds: float = 600.0, poll_seconds: float = 5.0
 ) -> dict[str, Any]:
     """Poll the InferenceService until it is Ready; raises DeployError with its last conditions on timeout."""
-    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
-    deadline = time.monotonic() + timeout_seconds
-    last: dict[str, Any] = {}
-    while True:
-        try:
-            last = api_client.call_api(
-                path,
-                "GET",
-                header_params={"Accept": "application/json"},
-                response_type="object",
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _request_timeout=30,
-            )
-        except Exception as exc:
-            raise DeployError(f"reading InferenceService {namespace}/{name} failed: {exc}") from exc
-        if is_ready(last):
-            return last
-        if time.monotonic() >= deadline:
-            conditions = (last.get("status") or {}).get("conditions")
-            raise DeployError(f"InferenceService {namespace}/{name} not ready after {timeout_seconds:g}s: {conditions}")
-        time.sleep(poll_seconds)
+    return wait_for(name, namespace, api_client, is_ready, "ready", timeout_seconds, poll_seconds)

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -81,6 +82,22 @@ class LocalService:
         self.stop()
 
 
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus `extra`, with the project on PYTHONPATH.
+
+    Prometheus multiprocess directories are not inherited: importing feast points them at a temporary folder
+    of the importing process (deleted when it exits), and each server keeps its own metrics.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _MULTIPROC_VARS}
+    env.update(extra or {})
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+_MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_seconds: float) -> None:
     deadline = time.monotonic() + timeout_seconds
     with httpx.Client(timeout=2.0) as client:
@@ -108,6 +125,7 @@ def start_local(
     predictor_port: int = 0,
     predictor_grpc_port: int = 0,
     timeout_seconds: float = 120.0,
+    predictor_module: str = "serving.predictor",
 ) -> LocalService:
     """Start predictor and transformer processes and wait until both report the model ready.
 
@@ -120,6 +138,7 @@ def start_local(
         predictor_port: 0 picks a free port.
         predictor_grpc_port: 0 picks a free port.
         timeout_seconds: Readiness deadline per process.
+        predictor_module: Module run as the predictor (tests substitute a deliberately broken one).
 
     Raises:
         ServingStartError: When a process exits early or does not become ready.
@@ -132,13 +151,11 @@ def start_local(
         predictor_grpc_port=predictor_grpc_port or free_port(),
         log_dir=log_dir,
     )
-    full_env = {**os.environ, **(env or {})}
-    root = str(Path(__file__).resolve().parents[1])
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
+    full_env = _child_env(env)
     commands = {
         "predictor": [
             "-m",
-            "serving.predictor",
+            predictor_module,
             f"--model_dir={model_dir}",
             f"--grpc_port={service.predictor_grpc_port}",
             f"--http_port={service.predictor_port}",
@@ -169,3 +186,103 @@ def start_local(
         service.stop(timeout_seconds=10)
         raise
     return service
+
+
+@dataclass
+class LocalSplitter:
+    """A running `serving.splitter` process; read and change the split through its /traffic route."""
+
+    model_name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def predict_url(self) -> str:
+        """The v1 predict endpoint clients call."""
+        return f"{self.url}/v1/models/{self.model_name}:predict"
+
+    def split(self) -> dict[str, Any]:
+        """The split in force (a `serving.splitter.TrafficSplit` document)."""
+        response = httpx.get(f"{self.url}/traffic", timeout=5.0)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def set_split(self, split: dict[str, Any]) -> dict[str, Any]:
+        """Replace the split; returns it as the splitter now applies it.
+
+        Raises:
+            ValueError: The splitter rejected the document (its message names the field).
+        """
+        response = httpx.put(f"{self.url}/traffic", json=split, timeout=5.0)
+        if response.status_code == 400:
+            raise ValueError(response.json()["error"])
+        response.raise_for_status()
+        return dict(response.json())
+
+    def stop(self, timeout_seconds: float = 15.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> LocalSplitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_splitter(
+    model_name: str,
+    stable_url: str,
+    stable_version: str,
+    *,
+    log_dir: Path,
+    port: int = 0,
+    canary_url: str | None = None,
+    canary_version: str | None = None,
+    canary_percent: int = 0,
+    sticky_header: str | None = None,
+    timeout_seconds: float = 60.0,
+) -> LocalSplitter:
+    """Start the traffic splitter in front of local services and wait until it answers.
+
+    Raises:
+        ServingStartError: When it exits early or does not become ready.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "serving.splitter",
+        f"--http_port={port}",
+        f"--model_name={model_name}",
+        f"--stable_url={stable_url}",
+        f"--stable_version={stable_version}",
+        f"--canary_percent={canary_percent}",
+    ]
+    if canary_url:
+        args += [f"--canary_url={canary_url}", f"--canary_version={canary_version}"]
+    if sticky_header:
+        args.append(f"--sticky_header={sticky_header}")
+    env = _child_env()
+    log = log_dir / "splitter.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    splitter = LocalSplitter(model_name, port, proc, log)
+    try:
+        _wait_ready(proc, f"{splitter.url}/healthz", log, timeout_seconds)
+    except BaseException:
+        splitter.stop()
+        raise
+    return splitter

@@ -136,7 +136,11 @@ class FraudPredictor(Model):
         except InvalidInput:
             self.metrics.request("invalid")
             raise
-        scores, fallback = self.score(rows)
+        try:
+            scores, fallback = self.score(rows)
+        except Exception:
+            self.metrics.request("error")
+            raise
         self.metrics.scores(scores.tolist())
         self.metrics.stage("predict", time.perf_counter() - start)
         self.metrics.request("ok")

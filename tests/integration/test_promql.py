@@ -41,18 +41,18 @@ CANARY = {"model_name": MODEL, "model_version": "2", "role": "canary"}
 
 #: Known increments per 15 s. Counters: (series labels, increment).
 REQUESTS = [
-    ({**STABLE, "component": "transformer", "outcome": "ok"}, 30),
-    ({**STABLE, "component": "transformer", "outcome": "invalid"}, 3),  # counted in requests, not in errors
-    ({**STABLE, "component": "transformer", "outcome": "error"}, 0),
-    ({**STABLE, "component": "predictor", "outcome": "ok"}, 30),  # the same requests one hop in: not counted
-    ({**CANARY, "component": "transformer", "outcome": "ok"}, 24),
-    ({**CANARY, "component": "transformer", "outcome": "error"}, 3),
-    ({**CANARY, "component": "transformer", "outcome": "unavailable"}, 3),
-    ({**CANARY, "component": "predictor", "outcome": "error"}, 7),  # not client-facing: not counted
+    ({**STABLE, "component": "predictor", "outcome": "ok"}, 30),
+    ({**STABLE, "component": "predictor", "outcome": "invalid"}, 3),  # counted in requests, not in errors
+    ({**STABLE, "component": "predictor", "outcome": "error"}, 0),
+    ({**STABLE, "component": "transformer", "outcome": "ok"}, 30),  # the same requests one hop out: not analysed
+    ({**CANARY, "component": "predictor", "outcome": "ok"}, 24),
+    ({**CANARY, "component": "predictor", "outcome": "error"}, 3),
+    ({**CANARY, "component": "predictor", "outcome": "unavailable"}, 3),
+    ({**CANARY, "component": "transformer", "outcome": "error"}, 7),  # the transformer: not analysed
 ]
 FALLBACKS = [  # stable never fell back, so it has no series at all (serving creates it on the first fallback)
-    ({**CANARY, "component": "transformer", "reason": "features_unavailable"}, 1),
     ({**CANARY, "component": "predictor", "reason": "non_finite"}, 1),
+    ({**CANARY, "component": "transformer", "reason": "features_unavailable"}, 1),
 ]
 #: Histograms: (series labels, bucket bounds, observations per 15 s in each bucket, not cumulative).
 LATENCY_EDGES = (*LATENCY_BUCKETS, math.inf)
@@ -73,25 +73,25 @@ HISTOGRAMS = {
     "mlplatform_inference_stage_seconds": [
         # stable: every request between 3 and 5 ms; canary five times slower (15 to 25 ms)
         (
-            {**STABLE, "component": "transformer", "stage": "total"},
+            {**STABLE, "component": "predictor", "stage": "predict"},
             LATENCY_EDGES,
             _one_bucket(LATENCY_EDGES, 0.005, 15),
         ),
         (
-            {**CANARY, "component": "transformer", "stage": "total"},
+            {**CANARY, "component": "predictor", "stage": "predict"},
             LATENCY_EDGES,
             _one_bucket(LATENCY_EDGES, 0.025, 15),
         ),
         (
-            {**CANARY, "component": "transformer", "stage": "features"},
+            {**CANARY, "component": "predictor", "stage": "features"},
             LATENCY_EDGES,
             _one_bucket(LATENCY_EDGES, 1.0, 15),
         ),
     ],
     "mlplatform_prediction_score": [
-        ({**STABLE, "component": "transformer"}, SCORE_EDGES, STABLE_SCORES),
-        ({**CANARY, "component": "transformer"}, SCORE_EDGES, CANARY_SCORES),
-        ({**CANARY, "component": "predictor"}, SCORE_EDGES, STABLE_SCORES),  # not client-facing: not counted
+        ({**STABLE, "component": "predictor"}, SCORE_EDGES, STABLE_SCORES),
+        ({**CANARY, "component": "predictor"}, SCORE_EDGES, CANARY_SCORES),
+        ({**CANARY, "component": "transformer"}, SCORE_EDGES, STABLE_SCORES),  # the transformer: not analysed
     ],
 }
 

@@ -189,3 +189,45 @@ def test_thresholds_are_read_from_environment(monkeypatch: pytest.MonkeyPatch):
     s = CanarySettings()
     assert (s.min_requests, s.traffic_steps_percent) == (1000, [5, 100])
     assert analyse(evidence(requests=900), evidence(), s).decision == Decision.WAIT
+
+
+def _distribution_checks(canary: np.ndarray, stable: np.ndarray, settings: CanarySettings) -> set[str]:
+    """The failed score-distribution checks for two samples (every other check passes)."""
+    n_c, n_s = len(canary), len(stable)
+    verdict = analyse(
+        evidence(requests=n_c, errors=0, scores=canary),
+        evidence(requests=n_s, errors=0, scores=stable),
+        settings,
+    )
+    return {c.name for c in verdict.checks if c.status == CheckStatus.FAILED} & {"score_psi", "score_ks"}
+
+
+def test_few_canary_requests_from_the_stable_distribution_rarely_roll_back() -> None:
+    """Twenty canary scores drawn from the stable distribution: sampling noise alone must not fail PSI or KS
+    (measured on these 200 draws: 192 false alarms without pooling and noise bounds, 27 with the noise bounds
+    only, 1 with both)."""
+    small = CanarySettings(min_requests=15)
+    false_alarms = sum(
+        bool(_distribution_checks(fraud_scores(seed, 20), fraud_scores(1000 + seed, 150), small)) for seed in range(200)
+    )
+    assert false_alarms <= 4  # alpha 0.01 per check, two checks: about 2 % at most
+
+
+def test_few_canary_requests_with_shifted_scores_still_roll_back() -> None:
+    small = CanarySettings(min_requests=15)
+    misses = sum(
+        not _distribution_checks(fraud_scores(seed, 20, shift=0.4), fraud_scores(1000 + seed, 150), small)
+        for seed in range(50)
+    )
+    assert misses == 0
+
+
+def test_pooling_merges_sparse_buckets_and_keeps_totals() -> None:
+    from mlplatform.canary import pool_bins
+
+    canary = np.array([10.0, 5.0, 1.0, 0.0, 1.0, 3.0])
+    stable = np.array([100.0, 40.0, 6.0, 2.0, 1.0, 1.0])
+    pc, ps = pool_bins(canary, stable, 5.0)
+    assert pc.sum() == canary.sum() and ps.sum() == stable.sum()
+    assert len(pc) < len(canary)
+    assert all(s >= 5 and s / stable.sum() * canary.sum() >= 5 for s in ps[:-1])
