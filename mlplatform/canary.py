@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mlplatform.stats import ks_of_counts, psi_of_counts
+from mlplatform.stats import histogram_quantile, ks_of_counts, psi_of_counts
 
 
 class CanarySettings(BaseSettings):
@@ -58,6 +58,13 @@ class CanarySettings(BaseSettings):
         default=None,
         description="Local splitter only: request header whose value keeps a client on one side (unset: random).",
     )
+    local_replay_rps: float = Field(
+        default=40.0,
+        gt=0,
+        le=1000,
+        description="Local backend only: requests per second replayed through the splitter during a rollout run by "
+        "the pipeline (locally nothing else calls the endpoint).",
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the controller's own /metrics while it runs; 0: none."
     )
@@ -83,6 +90,13 @@ class CanarySettings(BaseSettings):
     )
     max_p99_latency_ratio: float = Field(
         default=1.5, ge=1, description="Highest canary p99 latency as a multiple of the stable p99."
+    )
+    latency_min_tail_observations: int = Field(
+        default=5,
+        ge=1,
+        description="The canary-vs-stable latency check reads the highest quantile (at most p99) with at least "
+        "this many observations above it on each side: over 100 requests p99 is the single slowest one, and one "
+        "scheduler hiccup must not roll back a healthy canary. The absolute check always reads p99.",
     )
     p99_latency_tolerance_seconds: float = Field(
         default=0.002,
@@ -137,6 +151,18 @@ class CanarySettings(BaseSettings):
         return v
 
 
+#: Rollout settings of the local loop (`mlplatform run`, the local pipeline): windows of seconds instead of
+#: minutes, since locally the only traffic is replayed at a few dozen requests per second. Applied where the
+#: environment does not set them (mlplatform.runner.run_local).
+LOCAL_PROFILE = {
+    "MLPLATFORM_CANARY_STEP_WINDOW_SECONDS": "5",
+    "MLPLATFORM_CANARY_ANALYSIS_INTERVAL_SECONDS": "1",
+    "MLPLATFORM_CANARY_MIN_REQUESTS": "20",
+    "MLPLATFORM_CANARY_STEP_MAX_WAIT_SECONDS": "120",
+    "MLPLATFORM_CANARY_P99_LATENCY_TOLERANCE_SECONDS": "0.01",
+}
+
+
 @dataclass(frozen=True)
 class StepEvidence:
     """What one side (canary or stable) did during a step's window; counts are Prometheus increases (floats).
@@ -150,6 +176,8 @@ class StepEvidence:
             increasing order, the last one `inf` (every score); empty when no score was observed.
         precision: Precision on labelled feedback of the window; None without labels.
         recall: Recall on labelled feedback of the window; None without labels.
+        latency_buckets: Cumulative latency histogram of the window ((le, count), last `inf`); empty when the
+            source gives only p99 (then the relative latency check reads p99).
     """
 
     requests: float
@@ -158,6 +186,7 @@ class StepEvidence:
     fallbacks: float
     score_buckets: tuple[tuple[float, float], ...] = ()
     precision: float | None = None
+    latency_buckets: tuple[tuple[float, float], ...] = ()
     recall: float | None = None
 
     @property
@@ -303,6 +332,25 @@ def noise_bounds(canary_bins: np.ndarray, stable_bins: np.ndarray, alpha: float)
     return psi_bound, ks_bound
 
 
+def _comparable_latency(
+    canary: StepEvidence, stable: StepEvidence, min_tail: int
+) -> tuple[float | None, float | None, float]:
+    """Both sides' latency at the highest quantile (at most p99) both samples support with `min_tail`
+    observations above it; p99 as reported when a side has no histogram."""
+    from mlplatform.evidence_math import LATENCY_QUANTILE
+
+    if not canary.latency_buckets or not stable.latency_buckets:
+        return canary.p99_seconds, stable.p99_seconds, LATENCY_QUANTILE
+    n = min(canary.latency_buckets[-1][1], stable.latency_buckets[-1][1])
+    q = min(LATENCY_QUANTILE, max(0.5, 1.0 - min_tail / n)) if n > 0 else LATENCY_QUANTILE
+    q = math.floor(q * 100) / 100
+    return (
+        histogram_quantile(q, list(canary.latency_buckets)),
+        histogram_quantile(q, list(stable.latency_buckets)),
+        q,
+    )
+
+
 def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings) -> Verdict:
     """Judge one traffic step: ROLLBACK if any check fails, WAIT if any cannot be made, else PROMOTE_STEP.
 
@@ -351,20 +399,23 @@ def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings
                 "canary error rate above stable",
             )
         )
-        allowed_p99 = (
-            max(stable.p99_seconds * s.max_p99_latency_ratio, stable.p99_seconds + s.p99_latency_tolerance_seconds)
-            if stable.p99_seconds is not None
+        canary_q, stable_q, q = _comparable_latency(canary, stable, s.latency_min_tail_observations)
+        label = f"p{q * 100:g}"
+        allowed = (
+            max(stable_q * s.max_p99_latency_ratio, stable_q + s.p99_latency_tolerance_seconds)
+            if stable_q is not None
             else None
         )
-        if allowed_p99 is None:
-            checks.append(Check("p99_latency_ratio", CheckStatus.UNAVAILABLE, None, None, "stable p99 unavailable"))
+        if allowed is None:
+            checks.append(Check("p99_latency_ratio", CheckStatus.UNAVAILABLE, None, None, "stable latency unavailable"))
         else:
             checks.append(
                 _upper(
                     "p99_latency_ratio",
-                    canary.p99_seconds,
-                    allowed_p99,
-                    f"canary p99 latency (stable {stable.p99_seconds:.4g} s x {s.max_p99_latency_ratio:g})",
+                    canary_q,
+                    allowed,
+                    f"canary {label} latency (stable {stable_q:.4g} s x {s.max_p99_latency_ratio:g}, "
+                    f"or + {s.p99_latency_tolerance_seconds:g} s)",
                     " s",
                 )
             )

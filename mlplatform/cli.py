@@ -89,39 +89,9 @@ def run(
     print_summary(result.summary, result.settings, result.pipeline_root)
     if not result.summary["registered"]:
         raise typer.Exit(code=1)
+    print_deployment(result.summary.get("deployment") or {})
     if serve:
         _demo_serving(result.settings)
-
-
-def demo_transactions(settings: PlatformSettings, n: int = 4) -> list[dict[str, Any]]:
-    """A few transactions of known customers and merchants, just after the served data ends."""
-    import pandas as pd
-
-    from mlplatform.featurestore import source_dir
-
-    customers = pd.read_parquet(source_dir(settings.feast_data) / "customer_stats.parquet")
-    merchants = pd.read_parquet(source_dir(settings.feast_data) / "merchant_stats.parquet")
-    last = customers.sort_values("event_timestamp").groupby("customer_id").tail(1).tail(n)
-    risky = merchants.sort_values("event_timestamp").groupby("merchant_id").tail(1)
-    risky = risky.sort_values("merchant_fraud_rate_30d", ascending=False)
-    end = customers["event_timestamp"].max()
-    when = end.normalize() + pd.Timedelta(hours=14)  # an afternoon: night hours are a fraud signal
-    when = when if when > end else when + pd.Timedelta(days=1)
-    out = []
-    for i, row in enumerate(last.itertuples()):
-        ordinary = i % 2 == 0
-        merchant = int(risky["merchant_id"].iloc[-1 - i] if ordinary else risky["merchant_id"].iloc[i])
-        amount = round(float(row.cust_amount_avg_30d) if ordinary else float(row.cust_amount_avg_30d) * 12 + 500, 2)
-        out.append(
-            {
-                "transaction_id": f"demo-{i}",
-                "customer_id": int(row.customer_id),
-                "merchant_id": merchant,
-                "amount": max(amount, 1.0),
-                "timestamp": (when + pd.Timedelta(seconds=i)).isoformat(),
-            }
-        )
-    return out
 
 
 def _demo_serving(settings: PlatformSettings) -> None:
@@ -129,6 +99,7 @@ def _demo_serving(settings: PlatformSettings) -> None:
     import httpx
 
     from mlplatform.deploy import serve_local
+    from mlplatform.traffic import demo_transactions
 
     console.rule("[bold]serving the champion locally (KServe transformer + predictor, Feast online store)")
     try:
@@ -158,6 +129,23 @@ def _demo_serving(settings: PlatformSettings) -> None:
             "curl -s -H 'Content-Type: application/json' "
             f"http://127.0.0.1:8080/v1/models/{deployed.model_name}:predict -d '{example}'"
         )
+
+
+def print_deployment(deployment: dict[str, Any]) -> None:
+    """What the deploy-canary + analyse step did, with the rollout report when there was one."""
+    from rich.markdown import Markdown
+
+    if not deployment:
+        return
+    console.rule(f"[bold]deploy canary + analyse: {deployment.get('outcome') or deployment.get('action')}")
+    report = deployment.get("report") or {}
+    if report:
+        from mlplatform.rollout import RolloutReport, StepRecord
+
+        steps = [StepRecord(**step) for step in report.pop("steps", [])]
+        console.print(Markdown(RolloutReport(**report, steps=steps).to_markdown()))
+    else:
+        console.print(deployment.get("reason", ""))
 
 
 def print_summary(summary: dict[str, Any], settings: PlatformSettings, pipeline_root: Path) -> None:
@@ -599,6 +587,204 @@ def score_command(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {output}")
+
+
+# --- rollout ------------------------------------------------------------------------------------------------------
+
+rollout_app = typer.Typer(help="Canary rollouts: start one, watch it, or decide it by hand.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+Target = Annotated[
+    str | None, typer.Option("--target", help="local or cluster (default: MLPLATFORM_DEPLOY_TARGET, local).")
+]
+
+
+def _rollout_settings(work_dir: Path, target: str | None) -> tuple[PlatformSettings, Any]:
+    from mlplatform.canary import CanarySettings
+
+    settings = PlatformSettings(work_dir=work_dir, **({"deploy_target": target} if target else {}))
+    return settings, CanarySettings()
+
+
+@rollout_app.command("start")
+def rollout_start(
+    version: Annotated[
+        str | None, typer.Option("--version", help="Version to roll out (default: the challenger alias).")
+    ] = None,
+    target: Target = None,
+    work_dir: WorkDir = Path(".mlplatform"),
+    port: Annotated[int, typer.Option("--port", help="Local: port of the splitter (the endpoint).")] = 8080,
+    replay: Annotated[
+        bool, typer.Option("--replay/--no-replay", help="Local: replay recent transactions through the endpoint.")
+    ] = True,
+) -> None:
+    """Roll a version out against the champion, step by step, until it is promoted or rolled back."""
+    from mlplatform import tracking
+    from mlplatform.deploy import resolve
+    from mlplatform.rollout import ControlFile, Controller, MlflowRecorder
+    from mlplatform.rollout_backends import ClusterBackend, LocalBackend, report_root
+
+    try:
+        settings, canary = _rollout_settings(work_dir, target)
+        champion = resolve(settings, tracking.CHAMPION)
+        challenger = (
+            tracking.get_version(settings.registered_model_name, version)
+            if version
+            else resolve(settings, tracking.CHALLENGER)
+        )
+        root = report_root(settings)
+        kwargs: dict[str, Any] = {"recorder": MlflowRecorder(settings.registered_model_name), "log": console.print}
+        if settings.deploy_target == "cluster":
+            backend: Any = ClusterBackend(settings, canary, champion, challenger)
+            report = Controller(
+                backend, canary, settings.registered_model_name, champion.version, challenger.version, root, **kwargs
+            ).run()
+        else:
+            from contextlib import nullcontext
+
+            from mlplatform.traffic import TrafficGenerator, sample_transactions
+
+            with LocalBackend(settings, canary, champion, challenger, port=port) as backend:
+                console.print(f"endpoint: {backend.predict_url}  (status: mlplatform rollout status)")
+                traffic = (
+                    TrafficGenerator(
+                        backend.predict_url, sample_transactions(settings, 2_000), rps=canary.local_replay_rps
+                    )
+                    if replay
+                    else nullcontext()
+                )
+                with traffic:
+                    report = Controller(
+                        backend,
+                        canary,
+                        settings.registered_model_name,
+                        champion.version,
+                        challenger.version,
+                        root,
+                        control=ControlFile(root / "current.json"),
+                        **kwargs,
+                    ).run()
+    except (MlPlatformError, ValueError) as exc:
+        _fail(exc)
+    from rich.markdown import Markdown
+
+    console.print(Markdown(report.to_markdown()))
+
+
+@rollout_app.command("status")
+def rollout_status(target: Target = None, work_dir: WorkDir = Path(".mlplatform")) -> None:
+    """The rollout in progress (local), or the InferenceService's traffic split (cluster), and the aliases."""
+    from mlplatform import tracking
+    from mlplatform.rollout import ControlFile
+    from mlplatform.rollout_backends import report_root
+
+    try:
+        settings, _ = _rollout_settings(work_dir, target)
+        tracking.configure(settings)
+        aliases = {
+            a: (v.version if (v := tracking.get_alias(settings.registered_model_name, a)) else None)
+            for a in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS)
+        }
+        if settings.deploy_target == "cluster":
+            from dataclasses import asdict
+
+            from kubernetes import client, config
+
+            from serving.inferenceservice import get, predictor_traffic
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            live = get(settings.registered_model_name, settings.deploy_namespace, client.ApiClient())
+            status: dict[str, Any] = {"target": "cluster", **asdict(predictor_traffic(live))}
+        else:
+            status = ControlFile(report_root(settings) / "current.json").read() or {"state": "no rollout yet"}
+    except (MlPlatformError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    print(json.dumps({"aliases": aliases, **status}, indent=2, default=str))
+
+
+def _decide(action: str, version: str | None, record_only: bool, target: str | None, work_dir: Path) -> None:
+    """Promote or roll back by hand: through the running local controller, or directly on a cluster."""
+    import time
+
+    from mlplatform import tracking
+    from mlplatform.deploy import resolve
+    from mlplatform.rollout import ControlFile
+    from mlplatform.rollout_backends import ClusterBackend, report_root
+
+    settings, canary = _rollout_settings(work_dir, target)
+    name = settings.registered_model_name
+    control = ControlFile(report_root(settings) / "current.json")
+    running = control.read().get("state") in ("analysing", "waiting")
+    if settings.deploy_target == "local" and running and not record_only:
+        control.request(action)
+        deadline = time.monotonic() + max(30.0, 3 * canary.analysis_interval_seconds)
+        while time.monotonic() < deadline:
+            state = control.read().get("state")
+            if state in ("promoted", "rolled_back"):
+                console.print(f"the running rollout is {state}: {control.read().get('detail')}")
+                return
+            time.sleep(0.5)
+        raise MlPlatformError(f"the local rollout controller did not act on the {action} request within 30 s")
+    champion = resolve(settings, tracking.CHAMPION)
+    target_version = tracking.get_version(name, version) if version else resolve(settings, tracking.CHALLENGER)
+    if not record_only:
+        if settings.deploy_target != "cluster":
+            raise MlPlatformError(
+                "no local rollout is running (its processes live in `mlplatform rollout start`); "
+                "use --record-only to move the registry aliases only"
+            )
+        backend = ClusterBackend(settings, canary, champion, target_version)
+        backend.promote() if action == "promote" else backend.rollback()
+    moves = (
+        tracking.promote_champion(name, target_version.version)
+        if action == "promote"
+        else tracking.retire_challenger(name, target_version.version)
+    )
+    tracking.tag_version(
+        name,
+        target_version.version,
+        {
+            "rollout.outcome": "promoted" if action == "promote" else "rolled_back",
+            "rollout.reason": f"{action} by hand",
+        },
+    )
+    console.print(f"version {target_version.version}: {action} done; registry: {', '.join(moves) or 'unchanged'}")
+
+
+RecordOnly = Annotated[
+    bool, typer.Option("--record-only", help="Only move the registry aliases (the traffic is already decided).")
+]
+VersionOpt = Annotated[str | None, typer.Option("--version", help="Version concerned (default: the challenger).")]
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    version: VersionOpt = None,
+    record_only: RecordOnly = False,
+    target: Target = None,
+    work_dir: WorkDir = Path(".mlplatform"),
+) -> None:
+    """Promote now: the running rollout's canary (local), or the challenger on the cluster."""
+    try:
+        _decide("promote", version, record_only, target, work_dir)
+    except (MlPlatformError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    version: VersionOpt = None,
+    record_only: RecordOnly = False,
+    target: Target = None,
+    work_dir: WorkDir = Path(".mlplatform"),
+) -> None:
+    """Roll back now: all traffic to the champion; the challenger alias is removed."""
+    try:
+        _decide("rollback", version, record_only, target, work_dir)
+    except (MlPlatformError, ValueError, RuntimeError) as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Where canary evidence comes from: the Prometheus HTTP API, or the serving processes' /metrics directly.
 
 Both sources answer the same question for one side of a traffic step (a version in a role): what
-happened since the step began, as a `mlplatform.canary.StepEvidence`. Prometheus is the source on a
-cluster and locally when a Prometheus server scrapes the local services; without one, the local backend
-reads the predictors' /metrics at the step's start and again at each analysis, and takes differences —
-the same counters and histograms, the same arithmetic Prometheus' `increase` and `histogram_quantile` do.
+happened since the step began, as a `mlplatform.canary.StepEvidence`. Both take the side's counters
+at the step's start and at each analysis and difference them (`mlplatform.evidence_math`): Prometheus
+(on a cluster, and locally when a Prometheus server scrapes the local services) answers with instant
+sums; without one, the local backend reads the predictors' /metrics directly.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform import promql
 from mlplatform.canary import StepEvidence
+from mlplatform.evidence_math import Snapshot, between, was_reset
 
 
 class EvidenceUnavailable(Exception):
@@ -40,14 +41,18 @@ class EvidenceSource(Protocol):
 
 
 class PrometheusEvidence:
-    """Evidence from the Prometheus HTTP API (`mlplatform.promql`), over the time since the step began.
+    """Evidence from the Prometheus HTTP API: each side's counters at the step's start and now, differenced.
+
+    Instant sums, not `increase(...[window])`: over windows of a few scrapes, `increase` extrapolates each
+    histogram bucket separately and distorts small histograms (an identical canary once showed a score PSI
+    of 0.8). When a counter went down meanwhile (a pod restarted or left), the step falls back to
+    `increase` over the time since it began, which handles resets.
 
     Args:
         base_url: Prometheus root URL.
         model_name: Served model name.
         max_window_seconds: Longest window analysed (a step longer than that is judged on its latest part).
-        scrape_interval_seconds: The scrape interval; the window is at least two of them, so `increase` has two
-            samples to work with.
+        scrape_interval_seconds: The scrape interval; the fallback window is at least two of them.
         timeout_seconds: Deadline of each query.
     """
 
@@ -65,14 +70,29 @@ class PrometheusEvidence:
         self.min_window_seconds = max(1, math.ceil(2 * scrape_interval_seconds))
         self.timeout_seconds = timeout_seconds
         self._started = time.time()
+        self._baselines: dict[tuple[str, str], Snapshot] = {}
 
     def begin_step(self) -> None:
         self._started = time.time()
+        self._baselines = {}
+
+    def _snapshot(self, version: str, role: str, at: float) -> Snapshot:
+        return promql.snapshot(self.base_url, self.model_name, version, role, at, timeout_seconds=self.timeout_seconds)
 
     def collect(self, version: str, role: str) -> StepEvidence:
         now = time.time()
-        window = min(self.max_window_seconds, max(self.min_window_seconds, math.ceil(now - self._started)))
         try:
+            start = max(self._started, now - self.max_window_seconds)
+            if start > self._started:  # a long step: judged on its latest window
+                before = self._snapshot(version, role, start)
+            else:
+                if (version, role) not in self._baselines:
+                    self._baselines[(version, role)] = self._snapshot(version, role, self._started)
+                before = self._baselines[(version, role)]
+            after = self._snapshot(version, role, now)
+            if not was_reset(before, after):
+                return between(before, after)
+            window = min(self.max_window_seconds, max(self.min_window_seconds, math.ceil(now - self._started)))
             return promql.collect_evidence(
                 self.base_url, self.model_name, version, role, window, now, timeout_seconds=self.timeout_seconds
             )
@@ -93,41 +113,32 @@ def parse_scrape(text: str) -> Scrape:
     return out
 
 
-def _matching(scrape: Scrape, name: str, labels: Mapping[str, str]) -> dict[tuple[tuple[str, str], ...], float]:
-    return {
-        key: v for (n, key), v in scrape.items() if n == name and all(dict(key).get(k) == x for k, x in labels.items())
-    }
+def scrape_snapshot(scrape: Scrape, model_name: str, version: str, role: str) -> Snapshot:
+    """One side's counters in a scrape, summed like `mlplatform.promql.snapshot_queries` sums them."""
+    side = {"model_name": model_name, "model_version": version, "role": role}
+    analysed = {**side, "component": promql.ANALYSED_COMPONENT}
 
+    def matching(name: str, labels: Mapping[str, str]) -> list[tuple[dict[str, str], float]]:
+        return [
+            (dict(key), v)
+            for (n, key), v in scrape.items()
+            if n == name and all(dict(key).get(k) == x for k, x in labels.items())
+        ]
 
-def _increase(before: Scrape, after: Scrape, name: str, labels: Mapping[str, str]) -> dict[tuple, float]:
-    """Per-series increase between two scrapes; a series that went down was reset (a restart): counted from 0."""
-    old = _matching(before, name, labels)
-    out = {}
-    for key, v in _matching(after, name, labels).items():
-        prev = old.get(key, 0.0)
-        out[key] = v - prev if v >= prev else v
-    return out
+    def by_le(name: str, labels: Mapping[str, str]) -> dict[float, float]:
+        out: dict[float, float] = {}
+        for lbl, v in matching(name, labels):
+            out[float(lbl["le"])] = out.get(float(lbl["le"]), 0.0) + v
+        return out
 
-
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """Prometheus' `histogram_quantile` on cumulative (le, count) pairs: linear within the bucket.
-
-    Returns None without observations; the highest finite bound when the quantile falls in the +Inf bucket.
-    """
-    buckets = sorted(buckets)
-    if not buckets or buckets[-1][0] != math.inf or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if le == math.inf:
-                return prev_le
-            if count == prev_count:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
-        prev_le, prev_count = le, count
-    return None
+    requests = matching(promql.REQUESTS, analysed)
+    return Snapshot(
+        requests=sum(v for _, v in requests),
+        errors=sum(v for lbl, v in requests if lbl.get("outcome") in promql.SERVER_ERROR_OUTCOMES),
+        fallbacks=sum(v for _, v in matching(promql.FALLBACKS, side)),
+        latency=by_le(promql.STAGE_SECONDS_BUCKET, {**analysed, "stage": promql.LATENCY_STAGE}),
+        scores=by_le(promql.SCORE_BUCKET, analysed),
+    )
 
 
 class ScrapeEvidence:
@@ -164,26 +175,6 @@ class ScrapeEvidence:
                 self._baseline[role] = {}  # counted from zero; collect() raises if it stays unreachable
 
     def collect(self, version: str, role: str) -> StepEvidence:
-        after = self._scrape(role)
-        before = self._baseline.get(role, {})
-        side = {"model_name": self.model_name, "model_version": version, "role": role}
-        analysed = {**side, "component": promql.ANALYSED_COMPONENT}
-        requests = _increase(before, after, promql.REQUESTS, analysed)
-        errors = sum(v for key, v in requests.items() if dict(key).get("outcome") in promql.SERVER_ERROR_OUTCOMES)
-        latency: dict[float, float] = {}
-        for key, v in _increase(
-            before, after, promql.STAGE_SECONDS_BUCKET, {**analysed, "stage": promql.LATENCY_STAGE}
-        ).items():
-            le = float(dict(key)["le"])
-            latency[le] = latency.get(le, 0.0) + v
-        scores: dict[float, float] = {}
-        for key, v in _increase(before, after, promql.SCORE_BUCKET, analysed).items():
-            le = float(dict(key)["le"])
-            scores[le] = scores.get(le, 0.0) + v
-        return StepEvidence(
-            requests=sum(requests.values()),
-            errors=errors,
-            p99_seconds=histogram_quantile(promql.LATENCY_QUANTILE, list(latency.items())),
-            fallbacks=sum(_increase(before, after, promql.FALLBACKS, side).values()),
-            score_buckets=tuple(sorted(scores.items())) if scores.get(math.inf, 0) > 0 else (),
-        )
+        after = scrape_snapshot(self._scrape(role), self.model_name, version, role)
+        before = scrape_snapshot(self._baseline.get(role, {}), self.model_name, version, role)
+        return between(Snapshot() if was_reset(before, after) else before, after)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from mlplatform.canary import StepEvidence
+from mlplatform.evidence_math import LATENCY_QUANTILE, Snapshot
 
 #: The series names exported by serving/metrics.py (ServingMetrics).
 REQUESTS = "mlplatform_inference_requests_total"
@@ -24,8 +25,6 @@ SERVER_ERROR_OUTCOMES = ("error", "unavailable")
 ANALYSED_COMPONENT = "predictor"
 #: The predictor's latency stage: validation, the model and the post-assertion of one request.
 LATENCY_STAGE = "predict"
-#: Quantile of the latency check.
-LATENCY_QUANTILE = 0.99
 
 
 class PrometheusError(Exception):
@@ -206,4 +205,55 @@ def collect_evidence(
         p99_seconds=_one(results["p99_seconds"]),
         fallbacks=_one(results["fallbacks"]) or 0.0,
         score_buckets=tuple(buckets),
+    )
+
+
+@dataclass(frozen=True)
+class SnapshotQueries:
+    """Instant sums of one side's counters (no range, no extrapolation): evaluated at a step's start and at
+    each analysis, their differences are the step's exact evidence (`mlplatform.evidence_math.between`)."""
+
+    requests: str
+    errors: str
+    fallbacks: str
+    latency_buckets: str
+    score_buckets: str
+
+
+def snapshot_queries(model_name: str, model_version: str, role: str) -> SnapshotQueries:
+    """The PromQL of one side's counter snapshot."""
+    front = selector(model_name, model_version, role, ANALYSED_COMPONENT)
+    errors = selector(
+        model_name, model_version, role, ANALYSED_COMPONENT, outcome="~" + "|".join(SERVER_ERROR_OUTCOMES)
+    )
+    latency = selector(model_name, model_version, role, ANALYSED_COMPONENT, stage=LATENCY_STAGE)
+    return SnapshotQueries(
+        requests=f"sum({REQUESTS}{front})",
+        errors=f"sum({REQUESTS}{errors})",
+        fallbacks=f"sum({FALLBACKS}{selector(model_name, model_version, role)})",
+        latency_buckets=f"sum by (le) ({STAGE_SECONDS_BUCKET}{latency})",
+        score_buckets=f"sum by (le) ({SCORE_BUCKET}{front})",
+    )
+
+
+def snapshot(
+    base_url: str, model_name: str, version: str, role: str, at: datetime | float, *, timeout_seconds: float = 10.0
+) -> Snapshot:
+    """One side's counters as Prometheus has them at `at` (series never scraped count as 0).
+
+    Raises:
+        PrometheusUnavailable: Prometheus could not be asked.
+    """
+    q = snapshot_queries(model_name, version, role)
+    with httpx.Client(timeout=httpx.Timeout(timeout_seconds)) as client:
+        r = {
+            f.name: query(base_url, getattr(q, f.name), at, timeout_seconds=timeout_seconds, client=client)
+            for f in fields(q)
+        }
+    return Snapshot(
+        requests=_one(r["requests"]) or 0.0,
+        errors=_one(r["errors"]) or 0.0,
+        fallbacks=_one(r["fallbacks"]) or 0.0,
+        latency={float(x.labels["le"]): x.value for x in r["latency_buckets"]},
+        scores={float(x.labels["le"]): x.value for x in r["score_buckets"]},
     )

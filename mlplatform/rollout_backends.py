@@ -245,9 +245,9 @@ class LocalBackend:
             self.evidence_mode == "auto" and shutil.which("prometheus") is not None
         )
         if want_prometheus:
-            from mlplatform.localprom import LocalPrometheus
-
             import tempfile
+
+            from mlplatform.localprom import LocalPrometheus
 
             root = self.settings.resolved_work_dir / "prometheus"
             root.mkdir(parents=True, exist_ok=True)

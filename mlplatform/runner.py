@@ -54,6 +54,11 @@ def run_local(params: PipelineParams, settings: PlatformSettings) -> LocalRun:
     env["MLPLATFORM_WORK_DIR"] = str(work_dir)
     env.setdefault("MLPLATFORM_GIT_COMMIT", git_commit() or "unknown")
     os.environ.update(env)
+    if settings.deploy_target == "local":
+        from mlplatform.canary import LOCAL_PROFILE
+
+        for key, value in LOCAL_PROFILE.items():
+            os.environ.setdefault(key, value)
     pipeline_root = work_dir / "kfp"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -147,3 +148,24 @@ def standardized_mean_difference(reference: Mapping[str, Any], values: np.ndarra
     if pooled > tol:
         return diff / pooled
     return 0.0 if abs(diff) <= tol else float(np.copysign(np.inf, diff))
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus' `histogram_quantile` on cumulative (le, count) pairs: linear within the bucket.
+
+    Returns None without observations; the highest finite bound when the quantile falls in the +Inf bucket.
+    """
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][0] != math.inf or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == math.inf:
+                return prev_le
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return None

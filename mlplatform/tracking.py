@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlplatform.errors import PromotionRejected
+from mlplatform.errors import ConfigError, PromotionRejected
 from mlplatform.settings import PlatformSettings
 
 CHAMPION = "champion"
@@ -151,11 +151,17 @@ def get_version(name: str, version: str) -> RegisteredVersion:
     """One model version by number.
 
     Raises:
-        mlflow.exceptions.MlflowException: When it does not exist.
+        ConfigError: When it does not exist.
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    mv = MlflowClient().get_model_version(name, version)
+    try:
+        mv = MlflowClient().get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ConfigError(f"model {name!r} has no version {version!r}: {exc.message}") from exc
+        raise
     return RegisteredVersion(mv.name, str(mv.version), mv.source, mv.run_id, list(mv.aliases), dict(mv.tags))
 
 

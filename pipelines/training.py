@@ -1,8 +1,9 @@
-"""The training pipeline: ingest -> features -> training set -> validate -> train -> evaluate -> register -> deploy."""
+"""The training pipeline: ingest -> features -> training set -> validate -> train -> evaluate -> register ->
+deploy-canary + analyse (promoted or rolled back)."""
 
 from kfp import dsl, kubernetes
 
-from components.deploy.component import deploy
+from components.deploy.component import deploy_canary
 from components.evaluate.component import evaluate
 from components.features.component import features
 from components.ingest.component import ingest
@@ -17,9 +18,33 @@ PIPELINE_NAME = "fraud-training"
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_ACCELERATOR = "nvidia.com/gpu"
+#: ConfigMap with the components' MLPLATFORM_* settings on a cluster (helm/mlplatform creates it for release
+#: `mlplatform`); each task reads every settings variable from it, optionally (absent keys keep the defaults).
+SETTINGS_CONFIG_MAP = "mlplatform-pipeline-settings"
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate, register and deploy the fraud model.")
+def settings_env_names() -> list[str]:
+    """Every MLPLATFORM_* variable the components' settings classes read."""
+    from mlplatform.canary import CanarySettings
+    from mlplatform.settings import PlatformSettings
+
+    return [f"MLPLATFORM_{name.upper()}" for name in PlatformSettings.model_fields] + [
+        f"MLPLATFORM_CANARY_{name.upper()}" for name in CanarySettings.model_fields
+    ]
+
+
+def with_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Give a task the platform settings of the cluster (SETTINGS_CONFIG_MAP) as environment variables."""
+    names = settings_env_names()
+    return kubernetes.use_config_map_as_env(
+        task, SETTINGS_CONFIG_MAP, dict(zip(names, names, strict=True)), optional=True
+    )
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Train, evaluate, register the fraud model, then canary it and promote or roll back.",
+)
 def training_pipeline(
     n_transactions: int = DEFAULTS.n_transactions,
     n_days: int = DEFAULTS.n_days,
@@ -51,7 +76,7 @@ def training_pipeline(
         trigger: Why the run was started (manual, schedule, alert:<alertname>@<fingerprint>); an MLflow run tag.
 
     Returns:
-        The register step's JSON summary.
+        The register step's JSON summary with the deployment's outcome (deployed, promoted or rolled back).
     """
     raw = ingest(
         n_transactions=n_transactions,
@@ -121,7 +146,13 @@ def training_pipeline(
     registered.set_caching_options(False)
     registered.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
 
-    deployed = deploy(registered=registered.outputs["registered"], alias="champion").set_display_name("deploy")
-    deployed.set_caching_options(False)  # applies the InferenceService: a side effect
-    deployed.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
-    return registered.outputs["summary"]
+    deployed = deploy_canary(
+        registered=registered.outputs["registered"],
+        version=registered.outputs["version"],
+        register_summary=registered.outputs["summary"],
+    ).set_display_name("deploy canary + analyse")
+    deployed.set_caching_options(False)  # moves production traffic: a side effect
+    for task in (raw, feats, splits, checked, trained, evaluated, registered, deployed):
+        with_settings(task)
+    # no retry: a rollout that failed midway has already rolled back; a second one would judge it again
+    return deployed.outputs["Output"]

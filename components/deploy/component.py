@@ -1,36 +1,36 @@
-"""KFP component of the deploy step: a thin wrapper around components.deploy.step."""
+"""KFP component of the deploy-canary + analyse step: a thin wrapper around components.deploy.step."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Output
+from kfp.dsl import Markdown, Output
 
 from mlplatform.settings import DEFAULT_COMPONENT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_COMPONENT_IMAGE, install_kfp_package=False)
-def deploy(registered: bool, alias: str, manifest: Output[Artifact]) -> str:
-    """Deploy the version behind `alias` (MLPLATFORM_DEPLOY_TARGET: cluster or local).
+def deploy_canary(registered: bool, version: str, register_summary: str, rollout_report: Output[Markdown]) -> str:
+    """Deploy the first version as champion, or canary a later one against the champion and promote or roll back.
+
+    Settings come from MLPLATFORM_* (deploy target, registry) and MLPLATFORM_CANARY_* (steps, thresholds,
+    Prometheus URL) variables.
 
     Args:
-        registered: Whether the register step registered a version (nothing is deployed otherwise).
-        alias: Registry alias to deploy, e.g. champion.
-        manifest: The rendered InferenceService (YAML).
+        registered: Whether the register step registered a version.
+        version: The version it registered.
+        register_summary: The register step's JSON summary (passed through, with the deployment added).
+        rollout_report: The rollout report (Markdown, shown in the Kubeflow UI); a line when there was no rollout.
 
     Returns:
-        JSON of the deployment (version, target, storage URI), or "{}" when nothing was deployed.
+        The register summary with a `deployment` entry: action, outcome (deployed, promoted, rolled_back), reason.
     """
     import json
     from dataclasses import asdict
 
-    import yaml
-
-    from components.deploy.step import run_deploy
+    from components.deploy.step import run_deploy_canary
     from mlplatform.settings import PlatformSettings
 
-    result = run_deploy(registered, alias, PlatformSettings())
-    with open(manifest.path, "w") as f:
-        yaml.safe_dump(result.manifest if result else {}, f, sort_keys=False)
-    if result is None:
-        return "{}"
-    summary = asdict(result)
-    summary.pop("manifest")
-    return json.dumps(summary)
+    outcome = run_deploy_canary(registered, version, PlatformSettings())
+    with open(rollout_report.path, "w") as f:
+        f.write(outcome.report_markdown or f"{outcome.action}: {outcome.reason}\n")
+    deployment = asdict(outcome)
+    deployment.pop("report_markdown")
+    return json.dumps({**json.loads(register_summary), "deployment": deployment})

@@ -71,22 +71,28 @@ def test_model_card_and_artifacts_are_logged(two_runs, tmp_path: Path) -> None:
     assert cards, "the KFP Markdown artifact of the model card is missing"
 
 
-def test_same_seed_gives_identical_metrics_and_the_second_model_is_challenger(two_runs) -> None:
+def test_same_seed_gives_identical_metrics_and_the_second_model_is_canaried_and_promoted(two_runs) -> None:
     first, second, _ = two_runs
     assert second.summary["test_pr_auc"] == first.summary["test_pr_auc"]
     assert second.summary["baseline_pr_auc"] == first.summary["baseline_pr_auc"]
     assert second.summary["champion_pr_auc"] == pytest.approx(first.summary["test_pr_auc"])
     assert second.summary["registered"] and second.summary["aliases"] == ["challenger"]
-    assert tracking.get_alias("fraud-detector", "champion").version == "1"
-    assert tracking.get_alias("fraud-detector", "challenger").version == "2"
+    # the first run deployed its version as champion; the second canaried an identical model: promoted
+    assert first.summary["deployment"]["action"] == "deployed"
+    deployment = second.summary["deployment"]
+    assert deployment["action"] == "rollout" and deployment["outcome"] == "promoted", deployment["reason"]
+    assert [s["percent"] for s in deployment["report"]["steps"]] == [10, 25, 50]
+    assert tracking.get_alias("fraud-detector", "champion").version == "2"
+    assert tracking.get_alias("fraud-detector", "previous").version == "1"
+    assert tracking.get_alias("fraud-detector", "challenger") is None
 
 
 def test_pipeline_deploy_step_verified_the_champion_and_it_serves_locally(two_runs) -> None:
     """The end of `make run`: the deploy step prepared the champion; served, it scores demo transactions."""
     import httpx
 
-    from mlplatform.cli import demo_transactions
     from mlplatform.deploy import local_model_dir, resolve, serve_local
+    from mlplatform.traffic import demo_transactions
 
     _, _, settings = two_runs
     champion = resolve(settings, "champion")

@@ -199,3 +199,29 @@ def test_good_challenger_is_promoted_through_every_step(registry: Registry) -> N
         f"champion -> {challenger.version}",
         "challenger removed",
     ]
+
+
+def test_rollout_pauses_without_prometheus_and_never_promotes(registry: Registry) -> None:
+    """Prometheus unreachable during the analysis: every step waits; at the deadline the version is rolled back
+    as inconclusive, never promoted, and clients see no errors meanwhile."""
+    import time
+
+    from serving.local import free_port
+
+    challenger = _challenger(registry, retrained=False)
+    champion = tracking.get_alias(NAME, "champion")
+    settings = CANARY.model_copy(
+        update={"prometheus_url": f"http://127.0.0.1:{free_port()}", "step_max_wait_seconds": 6}
+    )
+    with LocalBackend(registry.settings, settings, champion, challenger) as backend:
+        with TrafficGenerator(backend.predict_url, registry.transactions, rps=RPS) as traffic:
+            report = Controller(
+                backend, settings, NAME, champion.version, challenger.version, report_root(registry.settings)
+            ).run()
+            time.sleep(0.5)
+        responses = traffic.stop()
+    assert report.outcome == "rolled_back" and report.steps[0].decision == "inconclusive"
+    assert "not promoted without evidence" in report.reason and "did not answer" in report.reason
+    assert report.steps[0].analyses >= 5 and not report.steps[0].checks[1:]  # only "evidence unavailable"
+    assert responses and all(r.status == 200 for r in responses)
+    assert tracking.get_alias(NAME, "champion").version == champion.version

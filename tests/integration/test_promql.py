@@ -283,3 +283,23 @@ def test_unreachable_prometheus_raises_unavailable(port_finder: Callable[[], int
     url = f"http://127.0.0.1:{port_finder()}"  # nothing listens there
     with pytest.raises(PrometheusUnavailable, match="did not answer"):
         collect_evidence(url, MODEL, "2", "canary", WINDOW_SECONDS, AT, timeout_seconds=2.0)
+
+
+def test_snapshot_differences_give_the_known_evidence_of_each_side(prometheus_url: str):
+    """The rollout's exact evidence: instant counter sums at the window's start and end, differenced (the known
+    samples grow linearly, so the difference equals the window's increase without any extrapolation)."""
+    from mlplatform.evidence_math import between
+    from mlplatform.promql import snapshot
+
+    for side, expected in ((CANARY, EXPECTED_CANARY), (STABLE, EXPECTED_STABLE)):
+        before = snapshot(prometheus_url, MODEL, side["model_version"], side["role"], AT - WINDOW_SECONDS)
+        after = snapshot(prometheus_url, MODEL, side["model_version"], side["role"], AT)
+        assert _flat(between(before, after)) == pytest.approx(_flat(expected)), side
+
+
+def test_every_snapshot_query_is_used_by_the_snapshot(prometheus_url: str):
+    from mlplatform.evidence_math import Snapshot
+    from mlplatform.promql import SnapshotQueries, snapshot
+
+    assert len(dataclasses.fields(SnapshotQueries)) == len(dataclasses.fields(Snapshot))
+    assert snapshot(prometheus_url, MODEL, "9", "canary", AT) == Snapshot()  # never scraped: all zero

@@ -231,3 +231,25 @@ def test_pooling_merges_sparse_buckets_and_keeps_totals() -> None:
     assert pc.sum() == canary.sum() and ps.sum() == stable.sum()
     assert len(pc) < len(canary)
     assert all(s >= 5 and s / stable.sum() * canary.sum() >= 5 for s in ps[:-1])
+
+
+def _latency(seconds: np.ndarray) -> tuple[tuple[float, float], ...]:
+    from serving.metrics import LATENCY_BUCKETS
+
+    return tuple((le, float(np.sum(seconds <= le))) for le in (*LATENCY_BUCKETS, float("inf")))
+
+
+def test_one_slow_request_among_a_hundred_does_not_fail_the_latency_comparison() -> None:
+    """p99 of 100 requests is the slowest one; the comparison reads the quantile with 5 observations above it."""
+    rng = np.random.default_rng(0)
+    stable_s = rng.uniform(0.002, 0.004, 100)
+    canary_s = np.append(rng.uniform(0.002, 0.004, 99), 0.015)  # one scheduler hiccup
+    ev_c = dataclasses.replace(evidence(requests=100, errors=0), latency_buckets=_latency(canary_s), p99_seconds=0.015)
+    ev_s = dataclasses.replace(evidence(requests=100, errors=0), latency_buckets=_latency(stable_s), p99_seconds=0.004)
+    small = CanarySettings(min_requests=15, p99_latency_tolerance_seconds=0.002)
+    check = next(c for c in analyse(ev_c, ev_s, small).checks if c.name == "p99_latency_ratio")
+    assert check.status == CheckStatus.PASSED and "p95" in check.detail
+    slow = np.full(100, 0.03)  # every request 25 ms slower: caught
+    ev_slow = dataclasses.replace(ev_c, latency_buckets=_latency(slow), p99_seconds=0.03)
+    check = next(c for c in analyse(ev_slow, ev_s, small).checks if c.name == "p99_latency_ratio")
+    assert check.status == CheckStatus.FAILED

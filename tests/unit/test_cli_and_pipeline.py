@@ -30,7 +30,16 @@ def test_compiled_pipeline_loads_with_kfp_and_keeps_the_parameters(compiled: Pat
     params = spec.root.input_definitions.parameters
     assert params["n_transactions"].default_value.number_value == DEFAULTS.n_transactions
     tasks = set(spec.root.dag.tasks)
-    assert tasks == {"ingest", "features", "training-set", "validate-data", "train", "evaluate", "register", "deploy"}
+    assert tasks == {
+        "ingest",
+        "features",
+        "training-set",
+        "validate-data",
+        "train",
+        "evaluate",
+        "register",
+        "deploy-canary",
+    }
 
 
 def test_train_task_is_set_up_for_gpu_nodes(compiled: Path) -> None:

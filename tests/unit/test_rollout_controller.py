@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from mlplatform.canary import CanarySettings, StepEvidence
-from mlplatform.evidence import EvidenceUnavailable, histogram_quantile, parse_scrape
+from mlplatform.evidence import EvidenceUnavailable, parse_scrape
 from mlplatform.rollout import ControlFile, Controller, RolloutError, RolloutMetrics
+from mlplatform.stats import histogram_quantile
 
 SCORE_BUCKETS = tuple((round(0.05 * i, 2), 0.0) for i in range(1, 21))
 

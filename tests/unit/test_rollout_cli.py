@@ -1,0 +1,95 @@
+"""`mlplatform rollout status|promote|rollback` against a real (SQLite) MLflow registry and the control file."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlplatform import tracking
+from mlplatform.cli import app
+from mlplatform.rollout import ControlFile
+from mlplatform.rollout_backends import report_root
+from mlplatform.settings import PlatformSettings
+
+runner = CliRunner()
+NAME = "fraud-detector"
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A registry with version 1 (champion) and version 2 (challenger)."""
+    settings = PlatformSettings(work_dir=tmp_path)
+    tracking.configure(settings)
+    for _ in range(2):
+        tracking.register_version(NAME, (tmp_path / "model").as_uri(), None, {}, [])  # type: ignore[arg-type]
+    return tmp_path
+
+
+def test_status_shows_the_aliases_and_that_no_rollout_ran(work: Path) -> None:
+    result = runner.invoke(app, ["rollout", "status", "--work-dir", str(work)])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["aliases"] == {"champion": "1", "challenger": "2", "previous": None}
+    assert status["state"] == "no rollout yet"
+
+
+def test_record_only_promote_moves_the_aliases_and_tags_the_version(work: Path) -> None:
+    result = runner.invoke(app, ["rollout", "promote", "--record-only", "--work-dir", str(work)])
+    assert result.exit_code == 0, result.output
+    assert tracking.get_alias(NAME, "champion").version == "2"
+    assert tracking.get_alias(NAME, "previous").version == "1"
+    assert tracking.get_alias(NAME, "challenger") is None
+    assert tracking.get_version(NAME, "2").tags["rollout.outcome"] == "promoted"
+
+
+def test_record_only_rollback_retires_the_challenger_and_keeps_the_champion(work: Path) -> None:
+    result = runner.invoke(app, ["rollout", "rollback", "--record-only", "--work-dir", str(work)])
+    assert result.exit_code == 0, result.output
+    assert tracking.get_alias(NAME, "champion").version == "1"
+    assert tracking.get_alias(NAME, "challenger") is None
+
+
+def test_a_local_decision_without_a_running_rollout_is_refused_clearly(work: Path) -> None:
+    result = runner.invoke(app, ["rollout", "promote", "--work-dir", str(work)])
+    assert result.exit_code == 2
+    assert "no local rollout is running" in result.output and "--record-only" in result.output
+    assert tracking.get_alias(NAME, "champion").version == "1"  # nothing moved
+
+
+def test_a_local_decision_goes_to_the_running_controller_through_the_control_file(work: Path) -> None:
+    control = ControlFile(report_root(PlatformSettings(work_dir=work)) / "current.json")
+    control.publish({"state": "waiting", "canary_version": "2"})
+
+    def controller() -> None:  # stands in for the running controller: acts on the request
+        for _ in range(100):
+            if control.requested() == "rollback":
+                control.publish({"state": "rolled_back", "detail": "rollback requested by a person"})
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=controller)
+    thread.start()
+    result = runner.invoke(app, ["rollout", "rollback", "--work-dir", str(work)])
+    thread.join()
+    assert result.exit_code == 0, result.output
+    assert "rolled_back" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["rollout", "start", "--target", "nowhere"], "deploy_target"),
+        (["rollout", "start", "--version", "99"], "99"),
+        (["rollout", "status", "--target", "moon"], "deploy_target"),
+    ],
+    ids=["bad-target", "unknown-version", "bad-status-target"],
+)
+def test_bad_rollout_options_exit_2_naming_what_was_wrong(work: Path, args: list[str], named: str) -> None:
+    result = runner.invoke(app, [*args, "--work-dir", str(work)])
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "Traceback" not in result.output
