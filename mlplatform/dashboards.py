@@ -14,15 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlplatform.promql import ANALYSED_COMPONENT, LATENCY_STAGE
+
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_DIRS = (ROOT / "monitoring" / "dashboards", ROOT / "helm" / "mlplatform" / "files" / "dashboards")
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 #: Label matchers every serving panel applies (dashboard variables).
 MODEL = 'model_name=~"$model_name"'
 CLIENT = f'{MODEL},component="transformer"'
+#: The component whose series carry one model version each. On a cluster KServe splits traffic between the
+#: predictor revisions while one transformer (model_version="shared", role="stable") serves both, so every
+#: per-version panel reads the predictor's series; the transformer's are client-facing totals.
+VERSIONED = f'{MODEL},component="{ANALYSED_COMPONENT}"'
 RATE = "$__rate_interval"
 REQUESTS = "mlplatform_inference_requests_total"
 SERVER_ERRORS = f'{CLIENT},outcome=~"error|unavailable"'
+VERSIONED_ERRORS = f'{VERSIONED},outcome=~"error|unavailable"'
+STAGE = "mlplatform_inference_stage_seconds"
+SCORE_BUCKET = "mlplatform_prediction_score_bucket"
+BELOW_HALF, ALL_SCORES = ',le="0.5"', ',le="+Inf"'
 
 
 def _rate(metric: str, matchers: str, by: str | None = None) -> str:
@@ -101,11 +111,14 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> di
     }
 
 
-def _quantiles(metric: str, matchers: str, by: str) -> list[tuple[str, str]]:
+def _quantiles(metric: str, matchers: str, by: str | None) -> list[tuple[str, str]]:
+    """p50/p95/p99 of a histogram, one series per `by` group (one series in all when `by` is None)."""
+    grouping = f"le, {by}" if by else "le"
+    legend = " ".join("{{" + b.strip() + "}}" for b in by.split(",")) if by else ""
     return [
         (
-            f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{matchers}}}[{RATE}])))",
-            f"p{int(q * 100)} " + " ".join("{{" + b.strip() + "}}" for b in by.split(",")),
+            f"histogram_quantile({q}, sum by ({grouping}) (rate({metric}_bucket{{{matchers}}}[{RATE}])))",
+            f"p{int(q * 100)} {legend}".strip(),
         )
         for q in (0.5, 0.95, 0.99)
     ]
@@ -116,78 +129,78 @@ def serving_overview() -> dict[str, Any]:
     return dashboard(
         "mlplatform-serving",
         "mlplatform / serving overview",
-        "Traffic, errors and latency of each served version and role (client-facing: the transformer).",
+        "Client-facing totals from the transformer; traffic, errors and model latency of each served version "
+        "and role from the predictor (on a cluster one transformer serves every predictor revision).",
         [
             Panel(
-                "Requests per second",
-                [
-                    (
-                        f"sum by ({by}) (rate(mlplatform_inference_requests_total{{{CLIENT}}}[{RATE}]))",
-                        "v{{model_version}} {{role}}",
-                    )
-                ],
+                "Requests per second per version (predictor)",
+                [(_rate(REQUESTS, VERSIONED, by), "v{{model_version}} {{role}}")],
                 unit="reqps",
             ),
             Panel(
-                "Server error ratio (error, unavailable)",
+                "Server error ratio per version (predictor: error)",
                 [
                     (
-                        f"{_rate(REQUESTS, SERVER_ERRORS, by)} / {_rate(REQUESTS, CLIENT, by)}",
+                        f"{_rate(REQUESTS, VERSIONED_ERRORS, by)} / {_rate(REQUESTS, VERSIONED, by)}",
                         "v{{model_version}} {{role}}",
                     )
                 ],
                 unit="percentunit",
             ),
             Panel(
-                "End-to-end latency percentiles",
-                _quantiles("mlplatform_inference_stage_seconds", f'{CLIENT},stage="total"', by),
+                "Model latency per version (predictor, p50/p95/p99)",
+                _quantiles(STAGE, f'{VERSIONED},stage="{LATENCY_STAGE}"', by),
                 unit="s",
+            ),
+            Panel(
+                "End-to-end latency (transformer, every version)",
+                _quantiles(STAGE, f'{CLIENT},stage="total"', None),
+                unit="s",
+            ),
+            Panel(
+                "Client requests by outcome (transformer)",
+                [(_rate(REQUESTS, CLIENT, "outcome"), "{{outcome}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "Client server error ratio (transformer: error, unavailable)",
+                [(f"{_rate(REQUESTS, SERVER_ERRORS)} / {_rate(REQUESTS, CLIENT)}", "server errors")],
+                unit="percentunit",
             ),
             Panel(
                 "Latency by stage (p99)",
                 [
                     (
                         "histogram_quantile(0.99, sum by (le, component, stage) "
-                        f"(rate(mlplatform_inference_stage_seconds_bucket{{{MODEL}}}[{RATE}])))",
+                        f"(rate({STAGE}_bucket{{{MODEL}}}[{RATE}])))",
                         "{{component}} {{stage}}",
                     )
                 ],
                 unit="s",
             ),
             Panel(
-                "Requests by outcome",
-                [(f"sum by (outcome) (rate(mlplatform_inference_requests_total{{{CLIENT}}}[{RATE}]))", "{{outcome}}")],
-                unit="reqps",
-            ),
-            Panel(
                 "Fallback scores by reason",
                 [
                     (
-                        f"sum by (reason, component) (rate(mlplatform_prediction_fallbacks_total{{{MODEL}}}[{RATE}]))",
+                        _rate("mlplatform_prediction_fallbacks_total", MODEL, "reason, component"),
                         "{{component}} {{reason}}",
                     )
                 ],
                 unit="ops",
             ),
             Panel(
-                "Prediction log: records written and write errors",
+                "Prediction log: records written and write errors (transformer)",
                 [
-                    (
-                        f"sum by (model_version) (rate(mlplatform_prediction_log_records_total{{{MODEL}}}[{RATE}]))",
-                        "records v{{model_version}}",
-                    ),
-                    (
-                        f"sum by (model_version) (rate(mlplatform_prediction_log_errors_total{{{MODEL}}}[{RATE}]))",
-                        "errors v{{model_version}}",
-                    ),
+                    (_rate("mlplatform_prediction_log_records_total", MODEL), "records"),
+                    (_rate("mlplatform_prediction_log_errors_total", MODEL), "errors"),
                 ],
                 unit="ops",
             ),
             Panel(
-                "Served versions",
+                "Served versions (predictor)",
                 [
                     (
-                        f"max by (model_version, role, mlflow_run_id) (mlplatform_model_info{{{MODEL}}})",
+                        f"max by (model_version, role, mlflow_run_id) (mlplatform_model_info{{{VERSIONED}}})",
                         "v{{model_version}} {{role}} run {{mlflow_run_id}}",
                     )
                 ],
@@ -202,7 +215,8 @@ def canary_comparison() -> dict[str, Any]:
     return dashboard(
         "mlplatform-canary",
         "mlplatform / canary comparison",
-        "Stable against canary during a rollout: traffic share, errors, latency and scores.",
+        "Stable against canary during a rollout, from the predictor's series (what the canary analysis reads): "
+        "traffic share, errors, model latency and scores.",
         [
             Panel(
                 "Traffic share (rollout controller)",
@@ -215,46 +229,42 @@ def canary_comparison() -> dict[str, Any]:
                 unit="percent",
             ),
             Panel(
-                "Observed request share",
+                "Observed request share (predictor)",
                 [
                     (
-                        f"{_rate(REQUESTS, CLIENT, role)} / ignoring ({role}) group_left {_rate(REQUESTS, CLIENT)}",
+                        f"{_rate(REQUESTS, VERSIONED, role)} / ignoring ({role}) group_left "
+                        f"{_rate(REQUESTS, VERSIONED)}",
                         "{{role}}",
                     )
                 ],
                 unit="percentunit",
             ),
             Panel(
-                "Server error ratio by role",
-                [
-                    (
-                        f"{_rate(REQUESTS, SERVER_ERRORS, role)} / {_rate(REQUESTS, CLIENT, role)}",
-                        "{{role}}",
-                    )
-                ],
+                "Server error ratio by role (predictor)",
+                [(f"{_rate(REQUESTS, VERSIONED_ERRORS, role)} / {_rate(REQUESTS, VERSIONED, role)}", "{{role}}")],
                 unit="percentunit",
             ),
             Panel(
-                "p99 latency by role",
-                _quantiles("mlplatform_inference_stage_seconds", f'{CLIENT},stage="total"', role)[2:],
+                "p99 model latency by role (predictor)",
+                _quantiles(STAGE, f'{VERSIONED},stage="{LATENCY_STAGE}"', role)[2:],
                 unit="s",
             ),
             Panel(
-                "Mean score by role",
+                "Mean score by role (predictor)",
                 [
                     (
-                        f"sum by ({role}) (rate(mlplatform_prediction_score_sum{{{CLIENT}}}[{RATE}]))"
-                        f" / sum by ({role}) (rate(mlplatform_prediction_score_count{{{CLIENT}}}[{RATE}]))",
+                        f"{_rate('mlplatform_prediction_score_sum', VERSIONED, role)}"
+                        f" / {_rate('mlplatform_prediction_score_count', VERSIONED, role)}",
                         "{{role}}",
                     )
                 ],
             ),
             Panel(
-                "Share of scores above 0.5 by role",
+                "Share of scores above 0.5 by role (predictor)",
                 [
                     (
-                        f'1 - sum by ({role}) (rate(mlplatform_prediction_score_bucket{{{CLIENT},le="0.5"}}[{RATE}]))'
-                        f' / sum by ({role}) (rate(mlplatform_prediction_score_bucket{{{CLIENT},le="+Inf"}}[{RATE}]))',
+                        f"1 - {_rate(SCORE_BUCKET, VERSIONED + BELOW_HALF, role)}"
+                        f" / {_rate(SCORE_BUCKET, VERSIONED + ALL_SCORES, role)}",
                         "{{role}}",
                     )
                 ],
@@ -381,11 +391,11 @@ def feature_store() -> dict[str, Any]:
     return dashboard(
         "mlplatform-feature-store",
         "mlplatform / feature store",
-        "Online feature lookups of the transformer against the Feast online store (Redis).",
+        "Online feature lookups of the transformer against the Feast online store (Redis), every version together.",
         [
             Panel(
                 "Lookup latency",
-                _quantiles("mlplatform_feature_lookup_seconds", MODEL, "model_version"),
+                _quantiles("mlplatform_feature_lookup_seconds", MODEL, None),
                 unit="s",
                 width=24,
             ),

@@ -59,13 +59,18 @@ ROLLOUT_METRICS = {
 METRIC = re.compile(r"\b(mlplatform_[a-z0-9_]+)\b")
 
 
-def serving_registry() -> CollectorRegistry:
-    """Every serving metric family with at least one sample, as a transformer exports them."""
+def serving_registry(component: str) -> CollectorRegistry:
+    """Every serving metric family with at least one sample, as a transformer or a predictor exports them.
+
+    The transformer carries model_version "shared" as on a cluster (serving/inferenceservice.py), the predictor
+    the version it serves, so per-version panels only find data when they read the predictor's series.
+    """
     registry = CollectorRegistry()
-    m = ServingMetrics("fraud-detector", "3", "stable", "transformer", registry=registry)
+    version = "3" if component == "predictor" else "shared"
+    m = ServingMetrics("fraud-detector", version, "stable", component, registry=registry)
     m.info("run123")
     m.request("ok")
-    m.stage("total", 0.004)
+    m.stage("total" if component == "transformer" else "predict", 0.004)
     m.scores([0.1, 0.7])
     m.fallback("non_finite")
     m.miss("customer")
@@ -78,8 +83,10 @@ def serving_registry() -> CollectorRegistry:
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory, port_finder: Callable[[], int]) -> Iterator[LocalPrometheus]:
-    serving_port = port_finder()
-    server, thread = start_http_server(serving_port, addr="127.0.0.1", registry=serving_registry())
+    servers = []
+    for component in ("transformer", "predictor"):
+        port = port_finder()
+        servers.append((port, *start_http_server(port, addr="127.0.0.1", registry=serving_registry(component))))
     retrainer = Retrainer(WebhookSettings(), FunctionLauncher(lambda p: None))
     webhook_port = port_finder()
     config = uvicorn.Config(create_app(retrainer, retrainer.settings), host="127.0.0.1", port=webhook_port)
@@ -91,16 +98,17 @@ def prom(tmp_path_factory: pytest.TempPathFactory, port_finder: Callable[[], int
         assert time.monotonic() < deadline, "the webhook app did not start"
         time.sleep(0.05)
     with LocalPrometheus(tmp_path_factory.mktemp("prom")) as p:
-        p.set_targets("mlplatform-serving", [f"127.0.0.1:{serving_port}"])
+        p.set_targets("mlplatform-serving", [f"127.0.0.1:{port}" for port, _, _ in servers])
         p.set_targets("mlplatform-webhook", [f"127.0.0.1:{webhook_port}"])
         p.wait_scraped("mlplatform-serving", timeout_seconds=30)
         p.wait_scraped("mlplatform-webhook", timeout_seconds=30)
         yield p
     webhook.should_exit = True
     webhook_thread.join(timeout=10)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    for _, server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def scraped_names(prom: LocalPrometheus) -> set[str]:
