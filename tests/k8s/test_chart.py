@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -179,6 +180,7 @@ def test_serving_runtime_and_inference_service_follow_the_serving_contract(rende
     assert isvc["metadata"]["annotations"] == {
         "mlplatform.io/model-name": "fraud-detector",
         "mlplatform.io/model-version": "3",
+        "serving.kserve.io/enable-prometheus-scraping": "true",
     }
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "mlplatform-fraud-mlp"} and model["runtime"] == "mlplatform-fraud"
@@ -202,6 +204,54 @@ def test_serving_runtime_and_inference_service_follow_the_serving_contract(rende
     assert mounts == {"/tmp", "/var/lib/mlplatform/predictions"}
 
 
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_chart_inference_service_has_the_environment_deploy_and_rollouts_render() -> None:
+    """`mlplatform deploy` and the rollout controller server-side apply serving/inferenceservice.py's rendering
+    over the chart's object; the transformer's container list is atomic in the KServe CRD, so any env the two
+    disagree on would change at the first rollout. Transformer: version "shared", role stable; predictor:
+    the version and its role (canary analysis and the per-version dashboards read predictor series)."""
+    from serving.inferenceservice import ServiceSpec, render
+
+    token = {"fraudDetector": {"transformer": {"authToken": {"existingSecret": "mlplatform-serving-token"}}}}
+    for role, percent in (("stable", None), ("canary", 10)):
+        values = {"fraudDetector": {"role": role, "canaryTrafficPercent": percent}}
+        chart = find(objects(kube.helm_template("default", kube.WITH_MODEL, token, values)), "InferenceService")
+        rendered = render(
+            ServiceSpec(
+                name="fraud-detector",
+                namespace=kube.NAMESPACE,
+                model_name="fraud-detector",
+                model_version="3",
+                storage_uri=kube.WITH_MODEL["fraudDetector"]["model"]["storageUri"],
+                image="ghcr.io/mlplatform/mlplatform-serving:0.1.0",
+                feast_redis="redis:6379",
+                feast_registry_secret="mlplatform-feast-registry",
+                auth_token_secret="mlplatform-serving-token",
+                canary_traffic_percent=percent,
+                role=role,
+            )
+        )
+        assert rendered["metadata"]["annotations"].items() <= chart["metadata"]["annotations"].items()
+        ours, theirs = chart["spec"]["predictor"], rendered["spec"]["predictor"]
+        assert ours.get("canaryTrafficPercent") == theirs.get("canaryTrafficPercent")
+        for key in ("modelFormat", "runtime", "storageUri"):
+            assert ours["model"][key] == theirs["model"][key], key
+        assert _env(ours["model"]) == _env(theirs["model"])
+        assert _env(ours["model"])["MLPLATFORM_SERVING_ROLE"] == role
+        (ours_t,) = chart["spec"]["transformer"]["containers"]
+        (theirs_t,) = rendered["spec"]["transformer"]["containers"]
+        for key in ("name", "image", "command", "args", "ports"):
+            assert ours_t[key] == theirs_t[key], key
+        assert _env(ours_t) == _env(theirs_t)
+        assert _env(ours_t)["MLPLATFORM_SERVING_MODEL_VERSION"] == "shared"
+        assert _env(ours_t)["MLPLATFORM_SERVING_ROLE"] == "stable"
+        mounts = {(m["name"], m["mountPath"]) for m in ours_t["volumeMounts"]}
+        assert mounts == {(m["name"], m["mountPath"]) for m in theirs_t["volumeMounts"]}
+
+
 def test_the_helm_test_hook_checks_every_enabled_endpoint(render) -> None:
     pod = find(objects(render("kind", True)), "Pod", "test-endpoints")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -210,7 +260,15 @@ def test_the_helm_test_hook_checks_every_enabled_endpoint(render) -> None:
         "mlplatform-mlflow",
         "mlplatform-feature-server",
         "fraud-detector-predictor",
+        "mlplatform-monitor",
+        "mlplatform-webhook",
     ]
+    assert urls[-2:] == [
+        "http://mlplatform-monitor.mlplatform.svc.cluster.local:9108/healthz",
+        "http://mlplatform-webhook.mlplatform.svc.cluster.local:9109/healthz",
+    ]
+    without_model = find(objects(render("kind", False)), "Pod", "test-endpoints")["spec"]["containers"][0]["args"]
+    assert "mlplatform-monitor" not in " ".join(without_model) and "mlplatform-webhook" in " ".join(without_model)
     assert not [d for d in objects(render("minimal", False)) if d["kind"] == "Pod"]
 
 

@@ -113,13 +113,27 @@ def test_the_webhook_creates_kfp_runs_with_the_token_from_a_secret(render) -> No
     assert env["MLPLATFORM_WEBHOOK_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "mlplatform-webhook-token"
 
 
-def test_monitor_and_webhook_admit_only_the_monitoring_namespace(render) -> None:
+def test_monitor_and_webhook_admit_only_the_monitoring_namespace_and_the_helm_test_pod(render) -> None:
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    helm_test = {
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "mlplatform",
+                "app.kubernetes.io/instance": "mlplatform",
+                "app.kubernetes.io/component": "test",
+            }
+        }
+    }
     docs = objects(render("production", True))
+    test_pod = find(docs, "Pod", "test-endpoints")["metadata"]["labels"]
+    assert helm_test["podSelector"]["matchLabels"].items() <= test_pod.items()
+    without_tests = objects(kube.helm_template("production", kube.WITH_MODEL, {"tests": {"enabled": False}}))
     for component, port in (("monitor", 9108), ("webhook", 9109)):
-        policy = find(docs, "NetworkPolicy", f"mlplatform-{component}")
-        (rule,) = policy["spec"]["ingress"]
+        (rule,) = find(docs, "NetworkPolicy", f"mlplatform-{component}")["spec"]["ingress"]
         assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
-        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        assert rule["from"] == [prometheus, helm_test]
+        (rule,) = find(without_tests, "NetworkPolicy", f"mlplatform-{component}")["spec"]["ingress"]
+        assert rule["from"] == [prometheus]
 
 
 def test_the_monitor_waits_for_the_inference_service_and_needs_a_persistent_prediction_log(render) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -11,20 +13,62 @@ from tests.k8s.kube import find, objects
 
 pytestmark = pytest.mark.k8s
 
-BUILDS = ["manifests/base", "manifests/overlays/kind", "manifests/overlays/production", "manifests/dev-services"]
+BUILDS = [
+    "manifests/base",
+    "manifests/overlays/kind",
+    "manifests/overlays/production",
+    "manifests/dev-services",
+    "manifests/components/monitoring",
+]
 
 
 def build(path: str) -> str:
     return kube.run(kube.tool("kustomize"), "build", str(kube.ROOT / path)).stdout
 
 
-def test_base_is_the_current_rendering_of_the_chart(tmp_path) -> None:
-    """manifests/base/mlplatform.yaml is generated (scripts/render_base.sh), never edited by hand."""
-    out = tmp_path / "mlplatform.yaml"
-    env = {"HELM": kube.tool("helm"), "OUT": str(out), "PATH": "/usr/bin:/bin"}
+def test_base_and_monitoring_component_are_the_current_rendering_of_the_chart(tmp_path) -> None:
+    """manifests/base/mlplatform.yaml and manifests/components/monitoring/monitoring.yaml are generated
+    (scripts/render_base.sh), never edited by hand."""
+    outputs = {
+        "OUT": "manifests/base/mlplatform.yaml",
+        "OUT_MONITORING": "manifests/components/monitoring/monitoring.yaml",
+    }
+    env = {"HELM": kube.tool("helm"), "PATH": "/usr/bin:/bin"} | {k: str(tmp_path / k) for k in outputs}
     subprocess.run(["bash", "scripts/render_base.sh"], cwd=kube.ROOT, check=True, env=env)
-    committed = (kube.ROOT / "manifests/base/mlplatform.yaml").read_text()
-    assert out.read_text() == committed, "manifests/base/mlplatform.yaml is stale: run bash scripts/render_base.sh"
+    for variable, committed in outputs.items():
+        assert (tmp_path / variable).read_text() == (kube.ROOT / committed).read_text(), (
+            f"{committed} is stale: run bash scripts/render_base.sh"
+        )
+
+
+def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    """An object without the labels that differ by installer (helm.sh/chart, app.kubernetes.io/managed-by)."""
+    doc = copy.deepcopy(doc)
+    for labels in (doc["metadata"].get("labels", {}), *_template_labels(doc)):
+        labels.pop("helm.sh/chart", None)
+        labels.pop("app.kubernetes.io/managed-by", None)
+    return doc
+
+
+def _template_labels(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    template = doc.get("spec", {}).get("template", {}) if doc["kind"] == "Deployment" else {}
+    return [template["metadata"]["labels"]] if template else []
+
+
+MONITORING_KINDS = {"Deployment", "Service", "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+
+
+@pytest.mark.parametrize("env", ["kind", "production"])
+def test_overlays_install_the_same_monitoring_objects_as_the_helm_profile(env: str) -> None:
+    """kubectl users get the monitor, the webhook, their ServiceMonitors and NetworkPolicies, the PrometheusRule
+    and the dashboards exactly as `helm install -f profiles/<env>-values.yaml` creates them."""
+    component = {(d["kind"], d["metadata"]["name"]) for d in objects(build("manifests/components/monitoring"))}
+    assert {k for k, _ in component} == MONITORING_KINDS and len(component) == 15
+    overlay = {(d["kind"], d["metadata"]["name"]): d for d in objects(build(f"manifests/overlays/{env}"))}
+    no_hooks = {"tests": {"enabled": False}}  # kustomize has no `helm test` hook (manifests/base/values.yaml)
+    helm = {(d["kind"], d["metadata"]["name"]): d for d in objects(kube.helm_template(env, kube.WITH_MODEL, no_hooks))}
+    for key in sorted(component):
+        assert _comparable(overlay[key]) == _comparable(helm[key]), key
 
 
 @pytest.mark.parametrize("path", BUILDS)

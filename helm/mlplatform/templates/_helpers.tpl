@@ -170,3 +170,15 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+NetworkPolicy peer admitting the `helm test` pod (templates/tests/test-endpoints.yaml), when it is rendered.
+Usage: {{- include "mlplatform.networkPolicy.helmTest" . | nindent 8 }} inside an ingress rule's `from` list.
+*/}}
+{{- define "mlplatform.networkPolicy.helmTest" -}}
+{{- if .Values.tests.enabled }}
+- podSelector:
+    matchLabels:
+      {{- include "mlplatform.selectorLabels" (dict "context" . "component" "test") | nindent 6 }}
+{{- end }}
+{{- end -}}
