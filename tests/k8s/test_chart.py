@@ -120,8 +120,15 @@ def test_pipeline_runner_may_only_get_and_patch_inference_services_in_its_namesp
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     roles = [d for d in docs if d["kind"] == "Role"]
     assert len(roles) == 1 and roles[0]["metadata"]["namespace"] == kube.NAMESPACE
+    # get + patch (server-side apply) of the one InferenceService the deploy step and the rollout controller
+    # (ClusterBackend: GET, then PATCH application/apply-patch+yaml) work on; no create, list, watch or delete.
     assert roles[0]["rules"] == [
-        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "resourceNames": ["fraud-detector"],
+            "verbs": ["get", "patch"],
+        }
     ]
     binding = find(docs, "RoleBinding")
     assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
