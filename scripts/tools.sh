@@ -73,6 +73,9 @@ install_checkov() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$lock"
   fi
   grep -q "^checkov==$CHECKOV_VERSION\$" "$lock" || { echo "tools.sh: $lock does not pin checkov==$CHECKOV_VERSION" >&2; exit 1; }
+  # Bytecode once (checkov starts in 6 s instead of 12 s where PYTHONDONTWRITEBYTECODE is set); a file that
+  # does not compile under this Python is never imported.
+  "$venv/bin/python" -m compileall -qq -j 0 "$venv/lib" || true
   echo "$want" >"$record"
 }
 
