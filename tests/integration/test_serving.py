@@ -21,13 +21,14 @@ import yaml
 
 from components.features.step import run_features
 from components.ingest.step import run_ingest
-from mlplatform import featurestore, tracking
+from mlplatform import featurestore
 from mlplatform.deploy import ArtifactInvalid, deploy, serve_local, serving_env
 from mlplatform.features import MODEL_FEATURES, model_input
 from mlplatform.model import load_model, predict_proba
 from mlplatform.settings import PlatformSettings
 from serving.local import LocalService, start_local
 from serving.prediction_log import read_records
+from tests.helpers import train_and_register
 
 pytestmark = pytest.mark.integration
 
@@ -47,23 +48,6 @@ class Served:
     features_end_unix_s: float  # the online store holds the latest feature rows up to here
 
 
-def _train_and_register(settings: PlatformSettings, work: Path) -> None:
-    """The real training-set and train steps on small data, then registration (first version = champion)."""
-    import mlflow
-
-    from components.train.step import run_train
-    from components.training_set.step import run_training_set
-    from mlplatform.training import TrainConfig
-
-    splits = {n: work / f"{n}.parquet" for n in ("train", "validation", "test")}
-    run_training_set(work / "raw.parquet", settings, 7, 7, splits["train"], splits["validation"], splits["test"])
-    outcome = run_train(
-        splits["train"], splits["validation"], work / "trained", TrainConfig(max_epochs=3), settings, [32, 16]
-    )
-    artifact_uri = mlflow.get_run(outcome.mlflow_run_id).info.artifact_uri
-    tracking.register_version(NAME, f"{artifact_uri}/model", outcome.mlflow_run_id, {}, [])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, redis_info, postgres_databases) -> Iterator[Served]:
     work = tmp_path_factory.mktemp("serving")
@@ -77,9 +61,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_info, postgres_databa
     flush = redis.Redis(host=redis_info.host, port=redis_info.port, db=REDIS_DB)
     flush.flushdb()
     settings = PlatformSettings(work_dir=work, feast_config_file=CONFIG_FILE)
-    run_ingest(work / "raw.parquet", n_transactions=20_000, n_days=40, seed=11)
+    # Small data and one epoch (as the reliability stack): these tests need a served model, not a good one.
+    run_ingest(work / "raw.parquet", n_transactions=5_000, n_days=30, seed=11)
     features = run_features(work / "raw.parquet", settings)
-    _train_and_register(settings, work)
+    train_and_register(settings, work, max_epochs=1)
     deployed, service = serve_local(settings, "champion")
     try:
         end = pd.Timestamp(features.materialized_until).timestamp()

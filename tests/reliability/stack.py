@@ -87,24 +87,6 @@ class PrivateRedis:
                 self.kill()
 
 
-def train_and_register(settings: PlatformSettings, work: Path, max_epochs: int = 3) -> None:
-    """The real training-set and train steps on the work dir's raw data, then registration (first = champion)."""
-    import mlflow
-
-    from components.train.step import run_train
-    from components.training_set.step import run_training_set
-    from mlplatform import tracking
-    from mlplatform.training import TrainConfig
-
-    splits = {n: work / f"{n}.parquet" for n in ("train", "validation", "test")}
-    run_training_set(work / "raw.parquet", settings, 7, 7, splits["train"], splits["validation"], splits["test"])
-    outcome = run_train(
-        splits["train"], splits["validation"], work / "trained", TrainConfig(max_epochs=max_epochs), settings, [32, 16]
-    )
-    artifact_uri = mlflow.get_run(outcome.mlflow_run_id).info.artifact_uri
-    tracking.register_version(settings.registered_model_name, f"{artifact_uri}/model", outcome.mlflow_run_id, {}, [])
-
-
 @dataclass
 class Stack:
     """A registered, deployed (verified) model with its Feast stores, ready to be served.
@@ -181,6 +163,7 @@ def serving_stack(work: Path, n_transactions: int = 5000, max_epochs: int = 1) -
     from components.features.step import run_features
     from components.ingest.step import run_ingest
     from mlplatform.deploy import deploy
+    from tests.helpers import train_and_register
     from tests.integration.conftest import POSTGRES_URL, create_database, drop_database
 
     redis = PrivateRedis(work / "redis")
