@@ -93,3 +93,15 @@ def test_bad_rollout_options_exit_2_naming_what_was_wrong(work: Path, args: list
     result = runner.invoke(app, [*args, "--work-dir", str(work)])
     assert result.exit_code == 2, result.output
     assert named in result.output and "Traceback" not in result.output
+
+
+def test_run_prints_the_rollout_report_of_the_deploy_step(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mlplatform run` (and so `make run`) shows the pipeline's rollout report from its JSON summary."""
+    from mlplatform.cli import print_deployment
+    from mlplatform.rollout import RolloutReport, StepRecord
+
+    report = RolloutReport("r1", NAME, "1", "2", "local", "PrometheusEvidence", [10, 100], {}, "t0", outcome="promoted")
+    report.steps.append(StepRecord(10, "t0", decision="promote_step", analyses=3))
+    print_deployment({"action": "rollout", "outcome": "promoted", "report": json.loads(report.to_json())})
+    out = capsys.readouterr().out
+    assert "version 2 PROMOTED" in out and "Step 10 %" in out
