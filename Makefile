@@ -104,6 +104,10 @@ bench-serving: venv services ## full local serving path vs a one-process baselin
 reliability: venv services ## bad input (>= 10,000 cases), load + shedding, faults, pip-audit, ML Test Score (JSON + docs/reliability.md)
 	PYTHONPATH=. $(PY) benchmarks/reliability.py --output benchmarks/results/reliability.json --doc docs/reliability.md
 
+.PHONY: bench-feedback-loop
+bench-feedback-loop: venv ## drift onset -> alert -> retraining run -> challenger -> canary outcome: seconds per link (JSON)
+	PYTHONPATH=. $(PY) benchmarks/bench_feedback_loop.py --output benchmarks/results/feedback_loop.json
+
 .PHONY: bench
 bench: bench-pipeline bench-train bench-serving ## all benchmarks
 
