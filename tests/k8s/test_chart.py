@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -215,32 +216,44 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
-def test_chart_inference_service_has_the_environment_deploy_and_rollouts_render() -> None:
-    """`mlplatform deploy` and the rollout controller server-side apply serving/inferenceservice.py's rendering
-    over the chart's object; the transformer's container list is atomic in the KServe CRD, so any env the two
-    disagree on would change at the first rollout. Transformer: version "shared", role stable; predictor:
-    the version and its role (canary analysis and the per-version dashboards read predictor series)."""
-    from serving.inferenceservice import ServiceSpec, render
+CASES_FOR_ROLLOUTS = {
+    "default+token": (
+        "default",
+        {"fraudDetector": {"transformer": {"authToken": {"existingSecret": "serving-token"}}}},
+    ),
+    "kind": ("kind", {}),
+}
 
-    token = {"fraudDetector": {"transformer": {"authToken": {"existingSecret": "mlplatform-serving-token"}}}}
+
+@pytest.mark.parametrize("case", CASES_FOR_ROLLOUTS)
+def test_rollouts_render_the_chart_inference_service_from_the_pipeline_settings(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlplatform deploy` and the rollout controller server-side apply mlplatform.deploy.render_manifest's
+    InferenceService over the chart's, with PlatformSettings read from the chart's pipeline-settings ConfigMap.
+    The transformer's container list is atomic in the KServe CRD, so any env the two disagree on would change
+    at the first rollout. Transformer: version "shared", role stable; predictor: the version and its role
+    (canary analysis and the per-version dashboards read predictor series)."""
+    from mlplatform.deploy import render_manifest, storage_uri
+    from mlplatform.settings import PlatformSettings
+    from mlplatform.tracking import RegisteredVersion
+
+    profile, extra = CASES_FOR_ROLLOUTS[case]
+    uri = kube.WITH_MODEL["fraudDetector"]["model"]["storageUri"]
+    source = "mlflow-artifacts:" + uri.removeprefix("s3://mlflow")  # what the tracking server records
+    version = RegisteredVersion("fraud-detector", "3", source, "run", ["champion"], {})
     for role, percent in (("stable", None), ("canary", 10)):
         values = {"fraudDetector": {"role": role, "canaryTrafficPercent": percent}}
-        chart = find(objects(kube.helm_template("default", kube.WITH_MODEL, token, values)), "InferenceService")
-        rendered = render(
-            ServiceSpec(
-                name="fraud-detector",
-                namespace=kube.NAMESPACE,
-                model_name="fraud-detector",
-                model_version="3",
-                storage_uri=kube.WITH_MODEL["fraudDetector"]["model"]["storageUri"],
-                image="ghcr.io/mlplatform/mlplatform-serving:0.1.0",
-                feast_redis="redis:6379",
-                feast_registry_secret="mlplatform-feast-registry",
-                auth_token_secret="mlplatform-serving-token",
-                canary_traffic_percent=percent,
-                role=role,
-            )
-        )
+        docs = objects(kube.helm_template(profile, kube.WITH_MODEL, extra, values))
+        for key in [k for k in os.environ if k.startswith("MLPLATFORM_")]:
+            monkeypatch.delenv(key)
+        for key, value in find(docs, "ConfigMap", "pipeline-settings")["data"].items():
+            monkeypatch.setenv(key, value)
+        settings = PlatformSettings()
+        rendered = render_manifest(settings, version, storage_uri(source, settings), percent, role)
+        chart = find(docs, "InferenceService")
+        assert rendered["metadata"]["name"] == chart["metadata"]["name"]
+        assert rendered["metadata"]["namespace"] == chart["metadata"]["namespace"]
         assert rendered["metadata"]["annotations"].items() <= chart["metadata"]["annotations"].items()
         ours, theirs = chart["spec"]["predictor"], rendered["spec"]["predictor"]
         assert ours.get("canaryTrafficPercent") == theirs.get("canaryTrafficPercent")
