@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,25 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     splits = {name: work / f"{name}.parquet" for name in ("train", "validation", "test")}
     run_training_set(raw, settings, 7, 7, splits["train"], splits["validation"], splits["test"])
     return Prepared(settings, raw, ingest, feats, splits)
+
+
+@pytest.fixture(scope="session")
+def _migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite database with every migration applied, made once (a new one takes ~5 s)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    store = SqlAlchemyStore(f"sqlite:///{folder / 'mlflow.db'}", (folder / "unused-artifacts").as_uri())
+    store.engine.dispose()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def mlflow_work_dir(tmp_path: Path, _migrated_mlflow_db: Path) -> Path:
+    """`tmp_path` with a copy of an empty, migrated MLflow SQLite database where `PlatformSettings(work_dir=...)`
+    looks for it (<work_dir>/mlflow.db): a fresh registry per test without paying the migrations each time."""
+    shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+    return tmp_path
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -21,13 +21,13 @@ NAME = "fraud-detector"
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Path:
+def work(mlflow_work_dir: Path) -> Path:
     """A registry with version 1 (champion) and version 2 (challenger)."""
-    settings = PlatformSettings(work_dir=tmp_path)
+    settings = PlatformSettings(work_dir=mlflow_work_dir)
     tracking.configure(settings)
     for _ in range(2):
-        tracking.register_version(NAME, (tmp_path / "model").as_uri(), None, {}, [])  # type: ignore[arg-type]
-    return tmp_path
+        tracking.register_version(NAME, (mlflow_work_dir / "model").as_uri(), None, {}, [])  # type: ignore[arg-type]
+    return mlflow_work_dir
 
 
 def test_status_shows_the_aliases_and_that_no_rollout_ran(work: Path) -> None:

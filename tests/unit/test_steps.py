@@ -120,8 +120,8 @@ def test_gate_reasons() -> None:
 
 
 @pytest.fixture()
-def sqlite_mlflow(tmp_path: Path) -> PlatformSettings:
-    settings = PlatformSettings(work_dir=tmp_path)
+def sqlite_mlflow(mlflow_work_dir: Path) -> PlatformSettings:
+    settings = PlatformSettings(work_dir=mlflow_work_dir)
     tracking.configure(settings)
     return settings
 
