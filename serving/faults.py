@@ -10,12 +10,14 @@ restores the stable version. Never part of a real deployment: the InferenceServi
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.metrics import ServingMetrics
 from serving.predictor import FraudPredictor, build_parser
 from serving.settings import ServingSettings
 
@@ -44,8 +46,15 @@ class FaultSettings(BaseSettings):
 class FaultyPredictor(FraudPredictor):
     """`FraudPredictor` with one fault injected into scoring."""
 
-    def __init__(self, *args: object, faults: FaultSettings | None = None, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        settings: ServingSettings,
+        metrics: ServingMetrics | None = None,
+        faults: FaultSettings | None = None,
+    ) -> None:
+        super().__init__(name, model_dir, settings, metrics)
         self.faults = faults or FaultSettings()
         self._calls = 0
 
