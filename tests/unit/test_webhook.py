@@ -91,17 +91,7 @@ class Stub:
 def make(stub: Stub, **settings: Any) -> tuple[Retrainer, Clock]:
     clock = Clock()
     retrainer = Retrainer(WebhookSettings(cooldown_seconds=3600, **settings), FunctionLauncher(stub), clock=clock)
-    return tracked(retrainer), clock
-
-
-_BASELINES: dict[int, dict] = {}
-
-
-def tracked(retrainer: Retrainer) -> Retrainer:
-    """Counts from now on. Importing feast (the test session does) turns on prometheus_client's multiprocess
-    mode, in which same-named series of one process share their value across registries: compare deltas."""
-    _BASELINES[id(retrainer)] = samples(retrainer)
-    return retrainer
+    return retrainer, clock
 
 
 def samples(retrainer: Retrainer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -117,7 +107,7 @@ def samples(retrainer: Retrainer) -> dict[tuple[str, tuple[tuple[str, str], ...]
 
 def count(retrainer: Retrainer, name: str, **labels: str) -> float:
     key = (name, tuple(sorted(labels.items())))
-    return samples(retrainer).get(key, 0.0) - _BASELINES[id(retrainer)].get(key, 0.0)
+    return samples(retrainer).get(key, 0.0)
 
 
 def wait_calls(stub: Stub, n: int) -> None:
@@ -256,7 +246,7 @@ def test_a_failed_run_is_counted_and_a_failed_start_does_not_hold_the_cooldown()
         def launch(self, params: PipelineParams, run_name: str):
             raise ConnectionError("KFP API unreachable")
 
-    retrainer = tracked(Retrainer(WebhookSettings(cooldown_seconds=3600), Unreachable(), clock=Clock()))
+    retrainer = Retrainer(WebhookSettings(cooldown_seconds=3600), Unreachable(), clock=Clock())
     retrainer.handle(parse_payload(json.dumps(payload()).encode()))
     assert retrainer.wait_idle(10)
     retry = retrainer.handle(parse_payload(json.dumps(payload()).encode()))
@@ -370,7 +360,7 @@ def test_the_kfp_backend_creates_a_run_with_the_trigger_and_follows_its_state(tm
     package.write_text("{}")
     client = FakeKfpClient()
     launcher = KfpLauncher("http://kfp:8888", "fraud-detection", package, client=client)
-    retrainer = tracked(Retrainer(WebhookSettings(backend="kfp", kfp_host="http://kfp:8888"), launcher, clock=Clock()))
+    retrainer = Retrainer(WebhookSettings(backend="kfp", kfp_host="http://kfp:8888"), launcher, clock=Clock())
     retrainer.handle(parse_payload(json.dumps(payload()).encode()))
     deadline = time.monotonic() + 10
     while not client.runs:
