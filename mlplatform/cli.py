@@ -236,30 +236,38 @@ def serve(
 
 def _serve_until_interrupted(settings: PlatformSettings, alias: str, port: int) -> None:
     import signal
-    import threading
+    import time
 
     from mlplatform.deploy import serve_local
 
+    # SIGTERM (kubectl, systemd, a supervisor) is Ctrl-C from the first moment: one that arrives while the
+    # servers start stops those already started instead of killing this process and leaving them running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         deployed, service = serve_local(settings, alias, port=port)
+    except KeyboardInterrupt:
+        console.print("stopped before the servers were ready")
+        return
     except Exception as exc:  # ArtifactInvalid, ServingStartError, ConfigError
         _fail(exc)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(
-        f"serving models:/{deployed.model_name} version {deployed.model_version} ({alias}) at "
-        f"{service.predict_url}\n  metrics: {service.url}/metrics   logs: {service.log_dir}   Ctrl-C stops"
-    )
-    try:
-        while not stop.wait(1.0):
-            if any(p.poll() is not None for p in service.processes.values()):
-                err_console.print(f"[red]a serving process exited; see {service.log_dir}[/]")
-                break
+    crashed = False
+    try:  # from here on, whatever is interrupted, the servers are stopped
+        console.print(
+            f"serving models:/{deployed.model_name} version {deployed.model_version} ({alias}) at "
+            f"{service.predict_url}\n  metrics: {service.url}/metrics   logs: {service.log_dir}   Ctrl-C stops"
+        )
+        while not (crashed := any(p.poll() is not None for p in service.processes.values())):
+            time.sleep(1.0)
+        err_console.print(f"[red]a serving process exited; see {service.log_dir}[/]")
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the graceful stop short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         codes = service.stop()
         console.print(f"stopped ({codes})")
+    if crashed:
+        raise typer.Exit(1)
 
 
 @pipeline_app.command("compile")

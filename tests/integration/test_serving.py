@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ import httpx
 import jsonschema
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import redis
 import yaml
@@ -336,15 +340,8 @@ def test_cli_deploy_dry_run_prints_the_inference_service_and_refuses_what_a_clus
     assert missing.exit_code == 2 and "no version of model 'fraud-detector' has alias 'nope'" in missing.output
 
 
-def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from serving.local import free_port
-
-    port = free_port()
-    env = {**os.environ, "MLPLATFORM_FEAST_CONFIG_FILE": CONFIG_FILE}
-    proc = subprocess.Popen(
+def _serve_command(served: Served, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -355,10 +352,17 @@ def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) 
             "--work-dir",
             str(served.settings.work_dir),
         ],
-        env=env,
+        env={**os.environ, "MLPLATFORM_FEAST_CONFIG_FILE": CONFIG_FILE},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) -> None:
+    from serving.local import free_port
+
+    port = free_port()
+    proc = _serve_command(served, port)
     try:
         url = f"http://127.0.0.1:{port}/v1/models/{NAME}:predict"
         body = {"instances": [{"customer_id": 1, "merchant_id": 1, "amount": 5.0, "timestamp": 1770682200}]}
@@ -371,8 +375,6 @@ def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) 
                 except httpx.HTTPError:
                     if proc.poll() is not None:
                         break
-                    import time
-
                     time.sleep(0.2)
         assert status == 200
     finally:
@@ -380,3 +382,25 @@ def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) 
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert b"stopped" in out
+
+
+def test_sigterm_while_the_servers_start_stops_them_and_leaves_no_process(served: Served) -> None:
+    """The signal arrives once both servers were spawned and before they are ready (loading takes seconds)."""
+    from serving.local import free_port
+
+    proc = _serve_command(served, free_port())
+    parent = psutil.Process(proc.pid)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(children) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            children = parent.children()
+            time.sleep(0.05)
+        assert len(children) == 2, "mlplatform serve never started its two servers"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"stopped" in out
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {alive}"
