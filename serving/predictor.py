@@ -159,6 +159,7 @@ class FraudPredictor(Model):
             "fallback": fallback.tolist(),
             "model_name": self.name,
             "model_version": self.settings.model_version,
+            "role": self.settings.role,
             "threshold": self.config.threshold if self.config else None,
         }
 

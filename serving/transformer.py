@@ -58,6 +58,7 @@ class Scoring:
     scores: np.ndarray | None = None
     fallback: list[bool] = field(default_factory=list)
     model_version: str = "unknown"
+    role: str = "stable"  # the answering predictor's: on a cluster one transformer fronts stable and canary
     threshold: float = 0.5
 
 
@@ -271,6 +272,7 @@ class FraudTransformer(Model):
         scoring.scores = np.asarray(predictions, dtype=np.float64)
         scoring.fallback = [bool(b) for b in response.get("fallback", [False] * len(predictions))]
         scoring.model_version = str(response.get("model_version", "unknown"))
+        scoring.role = str(response.get("role") or self.settings.role)
         scoring.threshold = float(response.get("threshold") or 0.5)
         self.metrics.stage("predict", time.perf_counter() - start)
         return scoring
@@ -305,7 +307,7 @@ class FraudTransformer(Model):
             "request_id": scoring.request_id,
             "model_name": self.name,
             "model_version": scoring.model_version,
-            "role": self.settings.role,
+            "role": scoring.role,
             "predictions": [
                 {
                     "transaction_id": t.transaction_id,
@@ -333,7 +335,7 @@ class FraudTransformer(Model):
                     "event_unix_s": t.event_unix_s,
                     "model_name": self.name,
                     "model_version": scoring.model_version,
-                    "role": self.settings.role,
+                    "role": scoring.role,
                     "customer_id": t.customer_id,
                     "merchant_id": t.merchant_id,
                     "amount": t.amount,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 from pathlib import Path
@@ -20,7 +21,7 @@ from serving.prediction_log import PredictionLog, read_records
 from serving.predictor import FraudPredictor, fallback_score
 from serving.schema import Transaction, parse_v1, parse_v2_columns
 from serving.settings import ServingSettings
-from serving.transformer import assemble_features
+from serving.transformer import FraudTransformer, assemble_features
 
 GOOD = {"customer_id": 7, "merchant_id": 3, "amount": 12.5, "timestamp": "2026-02-10T00:10:00Z"}
 
@@ -185,3 +186,31 @@ def test_prediction_log_retries_records_after_a_write_failure(tmp_path: Path) ->
     assert log.flush() == 1
     log.close()
     assert [r["record_id"] for r in read_records(target)] == ["a"]
+
+
+def test_transformer_logs_and_answers_the_version_and_role_of_the_predictor_that_scored(tmp_path: Path) -> None:
+    """On a cluster one transformer (version "shared") fronts the stable and the canary predictor revisions:
+    each record names the revision that answered, so prediction logs split by version and role."""
+    settings = ServingSettings(model_version="shared", role="stable")
+    metrics = ServingMetrics("fraud-detector", "shared", "stable", "transformer", CollectorRegistry())
+    transformer = FraudTransformer("fraud-detector", settings, store=object(), metrics=metrics)
+    transformer.log = PredictionLog(tmp_path, flush_seconds=0.01).start()
+
+    async def no_features(transactions: list[Transaction]) -> tuple[None, bool]:
+        return None, True
+
+    async def canary_predictor(body: bytes, headers: dict[str, str]) -> dict[str, object]:
+        return {"predictions": [0.9], "fallback": [False], "model_version": "4", "role": "canary", "threshold": 0.5}
+
+    transformer._online_features = no_features  # type: ignore[method-assign]  # no feature store in a unit test
+    transformer._call_predictor = canary_predictor  # type: ignore[method-assign]  # the canary revision's answer
+
+    async def serve() -> dict[str, object]:
+        scoring = await transformer.preprocess(_body())
+        return transformer.postprocess(await transformer.predict(scoring))
+
+    answer = asyncio.run(serve())
+    transformer.log.close()
+    assert (answer["model_version"], answer["role"]) == ("4", "canary")
+    [record] = list(read_records(tmp_path))
+    assert (record["model_version"], record["role"]) == ("4", "canary")
