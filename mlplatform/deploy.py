@@ -38,7 +38,7 @@ class DeployResult:
         target: local or cluster.
         source: The version's artifact location in the registry.
         storage_uri: What the InferenceService fetches (cluster) or the verified local folder (local).
-        manifest: The InferenceService (rendered for both targets, applied on a cluster).
+        manifest: The version change for the InferenceService (rendered for both targets, applied on a cluster).
     """
 
     model_name: str
@@ -142,7 +142,8 @@ def render_manifest(
     canary_traffic_percent: int | None = None,
     role: str = "stable",
 ) -> dict[str, Any]:
-    """The InferenceService for a version (`role` canary while it is being rolled out)."""
+    """What a version changes in the InferenceService (`role` canary while it is rolled out): the apply
+    configuration of `serving.inferenceservice.render`; the chart owns the rest of the object."""
     from serving.inferenceservice import ServiceSpec, render
 
     return render(
@@ -152,14 +153,32 @@ def render_manifest(
             model_name=version.name,
             model_version=version.version,
             storage_uri=uri,
-            image=settings.serving_image,
-            feast_redis=settings.serving_feast_redis,
-            feast_registry_secret=settings.serving_feast_registry_secret,
-            auth_token_secret=settings.serving_auth_token_secret,
             canary_traffic_percent=canary_traffic_percent,
             role=role,
         )
     )
+
+
+def require_installed(settings: PlatformSettings, api_client: Any, uri: str, model_version: str) -> dict[str, Any]:
+    """The live InferenceService; raises NotInstalled with the Helm command that creates it when it is missing."""
+    from serving.inferenceservice import NotInstalled, get, install_hint
+
+    name = settings.registered_model_name
+    try:
+        return get(name, settings.deploy_namespace, api_client)
+    except NotInstalled as exc:
+        raise NotInstalled(install_hint(name, settings.deploy_namespace, uri, model_version)) from exc
+
+
+def kubernetes_client() -> Any:
+    """An ApiClient from the pod's service account, or from the kubeconfig outside a cluster."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
 
 
 def deploy(
@@ -172,11 +191,13 @@ def deploy(
     """Deploy the version behind `alias` to `settings.deploy_target`.
 
     Locally: download and verify the artifact (serve it with `serve_local`). On a cluster: verify the
-    artifact, render the InferenceService, server-side apply it and (with `wait`) wait until Ready.
+    artifact, server-side apply the version change to the InferenceService the chart installed and (with
+    `wait`) wait until Ready.
 
     Raises:
         ConfigError: Unknown alias, or an artifact location a cluster cannot fetch.
         ArtifactInvalid: The artifact cannot be served.
+        serving.inferenceservice.NotInstalled: No InferenceService yet; the message holds the Helm command.
         serving.inferenceservice.DeployError: The Kubernetes API refused it or it never became Ready.
     """
     version = resolve(settings, alias)
@@ -188,14 +209,8 @@ def deploy(
 
     uri = storage_uri(version.source, settings)
     manifest = render_manifest(settings, version, uri, canary_traffic_percent)
-    if api_client is None:
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        api_client = client.ApiClient()
+    api_client = api_client or kubernetes_client()
+    require_installed(settings, api_client, uri, version.version)
     apply(manifest, api_client)
     if wait:
         wait_ready(

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from mlplatform.canary import CanarySettings
-from mlplatform.deploy import prepare_local, render_manifest, serving_env, storage_uri
+from mlplatform.deploy import (
+    kubernetes_client,
+    prepare_local,
+    render_manifest,
+    require_installed,
+    serving_env,
+    storage_uri,
+)
 from mlplatform.evidence import EvidenceSource, PrometheusEvidence, ScrapeEvidence
 from mlplatform.rollout import RolloutError
 from mlplatform.settings import PlatformSettings
@@ -22,13 +29,15 @@ class ClusterBackend:
     """Moves traffic by server-side applying the InferenceService with `spec.predictor.canaryTrafficPercent`.
 
     KServe (Serverless mode) routes that share to the latest predictor revision and the rest to the
-    previous rolled-out one. Start: the canary version's storageUri with the first percentage; a step:
-    the new percentage; promote: the field removed (the latest revision gets everything), with the
-    predictor relabelled `stable`; roll back: the field set to 0. Each change waits, with a timeout,
-    until the InferenceService is Ready and its status reports the split.
+    previous rolled-out one. Only the version's fields are applied (`serving.inferenceservice.render`):
+    the transformer, volumes and credentials stay as the chart installed them. Start: the canary
+    version's storageUri with the first percentage; a step: the new percentage; promote: the field
+    removed (the latest revision gets everything), with the predictor relabelled `stable`; roll back:
+    the field set to 0. Each change waits, with a timeout, until the InferenceService is Ready and its
+    status reports the split.
 
     Args:
-        settings: Platform settings (namespace, image, Feast, artifact store mapping).
+        settings: Platform settings (namespace, model name, artifact store mapping).
         canary_settings: Rollout settings; `prometheus_url` is required (the evidence source).
         stable: The version serving now.
         canary: The version rolled out.
@@ -52,14 +61,7 @@ class ClusterBackend:
                 "a cluster rollout reads its evidence from Prometheus: set MLPLATFORM_CANARY_PROMETHEUS_URL "
                 "(e.g. http://kube-prometheus-stack-prometheus.monitoring:9090)"
             )
-        if api_client is None:
-            from kubernetes import client, config
-
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            api_client = client.ApiClient()
+        api_client = api_client or kubernetes_client()
         self.settings = settings
         self.canary_settings = canary_settings
         self.stable = stable
@@ -98,7 +100,9 @@ class ClusterBackend:
     def start_canary(self, percent: int) -> None:
         from serving.inferenceservice import ANNOTATION_MODEL_VERSION
 
-        live = self._live()
+        live = require_installed(
+            self.settings, self.api, storage_uri(self.stable.source, self.settings), self.stable.version
+        )
         serving = (live.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_MODEL_VERSION)
         if serving != self.stable.version:
             raise RolloutError(

@@ -11,7 +11,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The image every pipeline component runs in on a cluster (built from images/components.Dockerfile).
 DEFAULT_COMPONENT_IMAGE = "ghcr.io/mlplatform/mlplatform-components:0.1.0"
 #: The image the serving transformer and predictor run in (built from images/serving.Dockerfile).
-DEFAULT_SERVING_IMAGE = "ghcr.io/mlplatform/mlplatform-serving:0.1.0"
 
 
 class PlatformSettings(BaseSettings):
@@ -86,17 +85,6 @@ class PlatformSettings(BaseSettings):
         default=None,
         description="The tracking server's --artifacts-destination (e.g. s3://mlflow); maps mlflow-artifacts:/ "
         "model sources to a storageUri KServe's storage initializer can fetch.",
-    )
-    serving_image: str = Field(default=DEFAULT_SERVING_IMAGE, description="Image of the serving transformer.")
-    serving_feast_redis: str = Field(
-        default="redis:6379", description="host:port of the Feast online store for the transformer."
-    )
-    serving_feast_registry_secret: str = Field(
-        default="mlplatform-feast-registry",
-        description="Secret with the Feast registry's SQLAlchemy URL (key url) for the transformer.",
-    )
-    serving_auth_token_secret: str | None = Field(
-        default=None, description="Secret with the endpoint's bearer token (key token); unset: no token check."
     )
     gate_min_roc_auc: float = Field(
         default=0.85, ge=0, le=1, description="Promotion gate: lowest acceptable test ROC-AUC."

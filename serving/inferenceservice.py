@@ -1,38 +1,38 @@
-"""The fraud model's KServe InferenceService: rendered from a registry version, applied server-side.
+"""The fraud model's KServe InferenceService: a version change, server-side applied; status and waits.
 
-The predictor runs on the `mlplatform-fraud` ServingRuntime (helm/mlplatform installs it), which
-starts `python -m serving.predictor` on the artifact KServe's storage initializer downloads from
-`storageUri` to /mnt/models. The transformer runs `python -m serving.transformer` in front of it.
+The chart (helm/mlplatform, templates/fraud-detector.yaml) creates the InferenceService with everything a
+cluster decides: the transformer (image, Feast stores and their credentials, token, resources, the
+prediction-log claim), service accounts, replicas, security contexts, volumes. The platform changes only
+what a new version changes: the predictor's `storageUri`, its version and role, `canaryTrafficPercent`
+and the version annotations. `render` is that apply configuration; server-side apply (field manager
+`mlplatform`) merges it into the chart's object and leaves every other field as the chart set it (the
+transformer's container list is atomic in the KServe CRD: a full object would replace it). A field
+`mlplatform` applied before and leaves out now is removed, which is how promotion drops
+`canaryTrafficPercent`.
+
+The predictor runs on the `mlplatform-fraud` ServingRuntime (also the chart's), which starts `python -m
+serving.predictor` on the artifact KServe's storage initializer downloads from `storageUri` to /mnt/models.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 RUNTIME_NAME = "mlplatform-fraud"
 MODEL_FORMAT = "mlplatform-fraud-mlp"
 FIELD_MANAGER = "mlplatform"
-PREDICTION_LOG_MOUNT = "/var/lib/mlplatform/predictions"
 ANNOTATION_MODEL_NAME = "mlplatform.io/model-name"
 ANNOTATION_MODEL_VERSION = "mlplatform.io/model-version"
 #: model_version label of the transformer on a cluster, where it is shared by the stable and canary predictors.
 SHARED_VERSION_LABEL = "shared"
 
-_SECURITY_CONTEXT = {
-    "runAsNonRoot": True,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What the InferenceService serves and how.
+    """Which version the InferenceService's predictor serves, and with how much traffic.
 
     Attributes:
         name: InferenceService name (also the model name on the endpoint path).
@@ -40,14 +40,8 @@ class ServiceSpec:
         model_name: Registered model name.
         model_version: Registered version.
         storage_uri: Where KServe's storage initializer fetches the artifact (s3://, gs://, pvc://...).
-        image: Serving image (transformer).
         canary_traffic_percent: Share of traffic for the latest revision; None = all of it.
         role: stable or canary: the predictor revision's role label (a canary is relabelled stable on promotion).
-        feast_redis: host:port of the Feast online store.
-        feast_registry_secret: Secret holding the Feast registry's SQLAlchemy URL (key `url`).
-        auth_token_secret: Secret holding the bearer token (key `token`); None disables the check.
-        prediction_log_claim: PVC for the prediction log; None means an emptyDir.
-        resources: Container requests and limits (both containers).
     """
 
     name: str
@@ -55,19 +49,8 @@ class ServiceSpec:
     model_name: str
     model_version: str
     storage_uri: str
-    image: str
-    feast_redis: str
-    feast_registry_secret: str
     canary_traffic_percent: int | None = None
     role: str = "stable"
-    auth_token_secret: str | None = None
-    prediction_log_claim: str | None = None
-    resources: dict[str, Any] = field(
-        default_factory=lambda: {
-            "requests": {"cpu": "500m", "memory": "1Gi"},
-            "limits": {"cpu": "2", "memory": "2Gi"},
-        }
-    )
 
 
 def _env(name: str, value: str) -> dict[str, Any]:
@@ -75,43 +58,21 @@ def _env(name: str, value: str) -> dict[str, Any]:
 
 
 def render(spec: ServiceSpec) -> dict[str, Any]:
-    """The InferenceService manifest for `spec` (a dict, ready for server-side apply)."""
+    """The apply configuration that makes the InferenceService serve `spec` (a dict for server-side apply)."""
     if spec.canary_traffic_percent is not None and not 0 <= spec.canary_traffic_percent <= 100:
         raise ValueError(f"canary_traffic_percent must be 0..100, got {spec.canary_traffic_percent}")
     if spec.role not in ("stable", "canary"):
         raise ValueError(f"role must be stable or canary, got {spec.role!r}")
-    identity = [
-        _env("MLPLATFORM_SERVING_MODEL_VERSION", spec.model_version),
-        _env("MLPLATFORM_SERVING_ROLE", spec.role),
-    ]
-    transformer_env = [
-        # One transformer revision serves both predictor revisions during a canary (KServe splits the
-        # predictor's traffic), so its series carry no version; the predictor's do, and those are analysed.
-        _env("MLPLATFORM_SERVING_MODEL_VERSION", SHARED_VERSION_LABEL),
-        _env("MLPLATFORM_SERVING_ROLE", "stable"),
-        _env("MLPLATFORM_SERVING_FEAST_CONFIG_FILE", "feature_store_redis_postgres.yaml"),
-        _env("MLPLATFORM_FEAST_REDIS", spec.feast_redis),
-        {
-            "name": "MLPLATFORM_FEAST_REGISTRY",
-            "valueFrom": {"secretKeyRef": {"name": spec.feast_registry_secret, "key": "url"}},
-        },
-        _env("MLPLATFORM_SERVING_PREDICTION_LOG_DIR", PREDICTION_LOG_MOUNT),
-    ]
-    if spec.auth_token_secret:
-        token = {"secretKeyRef": {"name": spec.auth_token_secret, "key": "token"}}
-        transformer_env.append({"name": "MLPLATFORM_SERVING_AUTH_TOKEN", "valueFrom": token})
-    log_volume: dict[str, Any] = (
-        {"name": "prediction-log", "persistentVolumeClaim": {"claimName": spec.prediction_log_claim}}
-        if spec.prediction_log_claim
-        else {"name": "prediction-log", "emptyDir": {}}
-    )
     predictor: dict[str, Any] = {
         "model": {
             "modelFormat": {"name": MODEL_FORMAT},
             "runtime": RUNTIME_NAME,
             "storageUri": spec.storage_uri,
-            "env": identity,
-            "resources": spec.resources,
+            # the predictor's series and answers carry its version and role (canary analysis reads them)
+            "env": [
+                _env("MLPLATFORM_SERVING_MODEL_VERSION", spec.model_version),
+                _env("MLPLATFORM_SERVING_ROLE", spec.role),
+            ],
         },
     }
     if spec.canary_traffic_percent is not None:
@@ -122,44 +83,28 @@ def render(spec: ServiceSpec) -> dict[str, Any]:
         "metadata": {
             "name": spec.name,
             "namespace": spec.namespace,
-            "labels": {
-                "app.kubernetes.io/name": "fraud-detector",
-                "app.kubernetes.io/part-of": "mlplatform",
-                "app.kubernetes.io/managed-by": FIELD_MANAGER,
-            },
-            "annotations": {
-                ANNOTATION_MODEL_NAME: spec.model_name,
-                ANNOTATION_MODEL_VERSION: spec.model_version,
-                "serving.kserve.io/enable-prometheus-scraping": "true",
-            },
+            "annotations": {ANNOTATION_MODEL_NAME: spec.model_name, ANNOTATION_MODEL_VERSION: spec.model_version},
         },
-        "spec": {
-            "predictor": predictor,
-            "transformer": {
-                "containers": [
-                    {
-                        "name": "kserve-container",
-                        "image": spec.image,
-                        "command": ["python", "-m", "serving.transformer"],
-                        "args": [f"--model_name={spec.name}"],
-                        "env": transformer_env,
-                        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-                        "resources": spec.resources,
-                        "securityContext": _SECURITY_CONTEXT,
-                        "volumeMounts": [
-                            {"name": "prediction-log", "mountPath": PREDICTION_LOG_MOUNT},
-                            {"name": "tmp", "mountPath": "/tmp"},
-                        ],
-                    }
-                ],
-                "volumes": [log_volume, {"name": "tmp", "emptyDir": {}}],
-            },
-        },
+        "spec": {"predictor": predictor},
     }
 
 
 class DeployError(RuntimeError):
     """The InferenceService could not be applied or did not become ready."""
+
+
+class NotInstalled(DeployError):
+    """The InferenceService does not exist: the chart creates it (the platform may only read and patch it)."""
+
+
+def install_hint(name: str, namespace: str, storage_uri: str, model_version: str) -> str:
+    """The Helm command that creates the InferenceService serving a version (docs/install.md)."""
+    return (
+        f"InferenceService {namespace}/{name} does not exist; the chart creates it (the pipeline runner may only "
+        f"get and patch it): helm upgrade --install mlplatform helm/mlplatform -n {namespace} --reuse-values "
+        f"--set fraudDetector.enabled=true --set fraudDetector.model.storageUri={storage_uri} "
+        f"--set fraudDetector.model.version={model_version}"
+    )
 
 
 def apply(manifest: dict[str, Any], api_client: Any) -> dict[str, Any]:
@@ -213,6 +158,8 @@ def get(name: str, namespace: str, api_client: Any) -> dict[str, Any]:
             _request_timeout=30,
         )
     except Exception as exc:
+        if getattr(exc, "status", None) == 404:
+            raise NotInstalled(f"InferenceService {namespace}/{name} does not exist") from exc
         raise DeployError(f"reading InferenceService {namespace}/{name} failed: {exc}") from exc
 
 

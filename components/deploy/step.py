@@ -24,7 +24,8 @@ class DeployOutcome:
     Attributes:
         action: nothing (no version registered), deployed (first version, now champion) or rollout.
         version: The version this run registered ("" when none).
-        outcome: deployed, promoted or rolled_back ("" for nothing).
+        outcome: deployed, not_installed (a cluster without the chart's InferenceService yet), promoted or
+            rolled_back ("" for nothing).
         reason: Why, in words.
         report: The rollout report (JSON-able dict); empty without a rollout.
         report_markdown: The rollout report for people; "" without a rollout.
@@ -66,7 +67,15 @@ def run_deploy_canary(
     canary_settings = canary_settings or CanarySettings()
     champion = resolve(settings, tracking.CHAMPION)
     if champion.version == str(version):
-        result = deploy(settings, tracking.CHAMPION)
+        from serving.inferenceservice import NotInstalled
+
+        try:
+            result = deploy(settings, tracking.CHAMPION)
+        except NotInstalled as exc:
+            # The runner may only read and patch the InferenceService: the first one is a person's Helm
+            # install. The version is registered and champion either way; the step says what to run.
+            log(f"not deployed: {exc}")
+            return DeployOutcome("deployed", str(version), "not_installed", str(exc))
         return DeployOutcome(
             "deployed",
             str(version),

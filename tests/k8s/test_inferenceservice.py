@@ -32,17 +32,14 @@ def _spec(**kw: Any) -> ServiceSpec:
         "model_name": "fraud-detector",
         "model_version": "4",
         "storage_uri": "s3://mlflow/1/abc/artifacts/model",
-        "image": "ghcr.io/mlplatform/mlplatform-serving:0.1.0",
-        "feast_redis": "redis:6379",
-        "feast_registry_secret": "mlplatform-feast-registry",
     }
     return ServiceSpec(**{**base, **kw})
 
 
 @pytest.mark.parametrize(
     "spec",
-    [_spec(), _spec(canary_traffic_percent=10, auth_token_secret="tok", prediction_log_claim="plog")],
-    ids=["stable", "canary-auth-pvc"],
+    [_spec(), _spec(canary_traffic_percent=10, role="canary")],
+    ids=["stable", "canary"],
 )
 def test_rendered_inference_service_validates_against_the_kserve_crd(spec: ServiceSpec) -> None:
     manifest = render(spec)
