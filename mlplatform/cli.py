@@ -29,6 +29,9 @@ Drift = Annotated[float | None, typer.Option("--drift", help="Distribution shift
 SourcePath = Annotated[str | None, typer.Option("--source-path", help="Existing raw Parquet snapshot to use.")]
 ValidationDays = Annotated[int | None, typer.Option("--validation-days", help="Days for validation.")]
 TestDays = Annotated[int | None, typer.Option("--test-days", help="Last days held out for the test.")]
+WarmupDays = Annotated[
+    int | None, typer.Option("--warmup-days", help="First days left out of training (aggregates still filling).")
+]
 MaxEpochs = Annotated[int | None, typer.Option("--max-epochs", help="Upper bound on training epochs.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Rows per training step.")]
 LearningRate = Annotated[float | None, typer.Option("--learning-rate", help="AdamW learning rate.")]
@@ -61,6 +64,7 @@ def run(
     source_path: SourcePath = None,
     validation_days: ValidationDays = None,
     test_days: TestDays = None,
+    warmup_days: WarmupDays = None,
     max_epochs: MaxEpochs = None,
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,
@@ -305,6 +309,7 @@ def pipeline_submit(
     source_path: SourcePath = None,
     validation_days: ValidationDays = None,
     test_days: TestDays = None,
+    warmup_days: WarmupDays = None,
     max_epochs: MaxEpochs = None,
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,

@@ -18,13 +18,21 @@ class PipelineParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     n_transactions: int = Field(100_000, ge=1_000, le=50_000_000, description="Transactions to generate.")
-    n_days: int = Field(60, ge=7, le=3_650, description="Days the transactions span.")
+    n_days: int = Field(90, ge=7, le=3_650, description="Days the transactions span.")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the generator and of training.")
     fraud_rate: float = Field(0.02, ge=0.001, le=0.2, description="Share of fraud to generate.")
     drift: float = Field(0.0, ge=0.0, le=1.0, description="Distribution shift to generate.")
     source_path: str = Field("", description="Existing raw snapshot (Parquet) instead of generating.")
     validation_days: int = Field(10, ge=1, le=365, description="Days before the test window for validation.")
     test_days: int = Field(10, ge=1, le=365, description="Last days held out for the test.")
+    warmup_days: int = Field(
+        30,  # mlplatform.features.MERCHANT_WINDOW_DAYS (tests/unit/test_cli_and_pipeline.py keeps them equal)
+        ge=0,
+        le=365,
+        description="First days of the data left out of training: the 30-day aggregates are still filling "
+        "there, while served traffic always has full windows (a model and drift reference trained on them "
+        "would see drift in healthy traffic).",
+    )
     max_epochs: int = Field(30, ge=1, le=1_000, description="Upper bound on training epochs.")
     batch_size: int = Field(1024, ge=16, le=1_048_576, description="Rows per training step.")
     learning_rate: float = Field(0.002, gt=0.0, lt=1.0, description="AdamW learning rate.")
@@ -39,10 +47,11 @@ class PipelineParams(BaseModel):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> PipelineParams:
-        if not self.source_path and self.validation_days + self.test_days >= self.n_days:
+        held_out = self.warmup_days + self.validation_days + self.test_days
+        if not self.source_path and held_out >= self.n_days:
             raise ValueError(
-                f"validation_days + test_days ({self.validation_days} + {self.test_days}) must be "
-                f"shorter than n_days ({self.n_days}) so that training data remains"
+                f"warmup_days + validation_days + test_days ({self.warmup_days} + {self.validation_days} + "
+                f"{self.test_days}) must be shorter than n_days ({self.n_days}) so that training data remains"
             )
         return self
 

@@ -54,6 +54,7 @@ def training_pipeline(
     source_path: str = DEFAULTS.source_path,
     validation_days: int = DEFAULTS.validation_days,
     test_days: int = DEFAULTS.test_days,
+    warmup_days: int = DEFAULTS.warmup_days,
     max_epochs: int = DEFAULTS.max_epochs,
     batch_size: int = DEFAULTS.batch_size,
     learning_rate: float = DEFAULTS.learning_rate,
@@ -70,6 +71,7 @@ def training_pipeline(
         source_path: Existing raw snapshot (Parquet) to use instead of generating one.
         validation_days: Days before the test window used for validation.
         test_days: Last days held out for the test.
+        warmup_days: First days left out of training (the 30-day aggregates are still filling).
         max_epochs: Upper bound on training epochs.
         batch_size: Rows per training step.
         learning_rate: AdamW learning rate.
@@ -98,6 +100,7 @@ def training_pipeline(
         feature_state=feats.outputs["feature_state"],
         validation_days=validation_days,
         test_days=test_days,
+        warmup_days=warmup_days,
     ).set_display_name("training set")
     splits.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
 
@@ -105,6 +108,7 @@ def training_pipeline(
         train=splits.outputs["train"],
         validation=splits.outputs["validation"],
         test=splits.outputs["test"],
+        trigger=trigger,
     ).set_display_name("validate data")
     checked.set_caching_options(False)  # compares with the champion, which changes between runs
 

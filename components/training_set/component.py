@@ -12,6 +12,7 @@ def training_set(
     feature_state: Input[Artifact],
     validation_days: int,
     test_days: int,
+    warmup_days: int,
     train: Output[Dataset],
     validation: Output[Dataset],
     test: Output[Dataset],
@@ -23,6 +24,7 @@ def training_set(
         feature_state: The applied feature repo (orders this step after the features step).
         validation_days: Days before the test window used for validation.
         test_days: Last days of the data held out for testing.
+        warmup_days: First days of the data left out of training (aggregates still filling).
         train: Training rows.
         validation: Validation rows.
         test: Test rows.
@@ -41,6 +43,7 @@ def training_set(
         Path(train.path),
         Path(validation.path),
         Path(test.path),
+        warmup_days,
     )
     for art in (train, validation, test):
         art.metadata.update(asdict(result))

@@ -31,29 +31,33 @@ class SplitResult:
 
 
 def time_split(
-    frame: pd.DataFrame, validation_days: int, test_days: int
+    frame: pd.DataFrame, validation_days: int, test_days: int, warmup_days: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Timestamp, pd.Timestamp]:
     """Split by event time: the last `test_days` are the test set, the `validation_days` before them
-    the validation set, the rest the training set.
+    the validation set, the rest the training set, less its first `warmup_days` (the 30-day aggregates
+    are still filling there; served traffic always has full windows).
 
     Raises:
         ConfigError: When the windows leave a split empty.
     """
     if validation_days < 1 or test_days < 1:
         raise ConfigError(f"validation_days and test_days must be at least 1, got {validation_days} and {test_days}")
+    if warmup_days < 0:
+        raise ConfigError(f"warmup_days must be at least 0, got {warmup_days}")
     end = frame["event_timestamp"].max()
     test_start = end - pd.Timedelta(days=test_days)
     val_start = test_start - pd.Timedelta(days=validation_days)
+    warm_from = frame["event_timestamp"].min() + pd.Timedelta(days=warmup_days)
     ts = frame["event_timestamp"]
     train, val, test = (
-        frame[ts < val_start],
+        frame[(ts >= warm_from) & (ts < val_start)],
         frame[(ts >= val_start) & (ts < test_start)],
         frame[ts >= test_start],
     )
     for name, part in (("training", train), ("validation", val), ("test", test)):
         if part.empty:
             raise ConfigError(
-                f"the {name} split is empty: validation_days={validation_days} and "
+                f"the {name} split is empty: warmup_days={warmup_days}, validation_days={validation_days} and "
                 f"test_days={test_days} do not fit the {frame['event_timestamp'].min()} .. {end} data"
             )
     return train, val, test, val_start, test_start
@@ -67,8 +71,10 @@ def run_training_set(
     train_path: Path,
     validation_path: Path,
     test_path: Path,
+    warmup_days: int = 0,
 ) -> SplitResult:
-    """Retrieve the FeatureService's features for every labelled event, as of the event's time."""
+    """Retrieve the FeatureService's features for every labelled event, as of the event's time, and split
+    them by time (`time_split`)."""
     tx = pd.read_parquet(raw_path)
     entity_df = pd.concat([tx[EVENT_COLUMNS], request_fields(tx)], axis=1)
     store = featurestore.open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
@@ -76,7 +82,7 @@ def run_training_set(
         entity_df=entity_df, features=store.get_feature_service(featurestore.FEATURE_SERVICE)
     ).to_df()
     frame = frame.sort_values(["event_timestamp", "transaction_id"], kind="stable").reset_index(drop=True)
-    train, val, test, val_start, test_start = time_split(frame, validation_days, test_days)
+    train, val, test, val_start, test_start = time_split(frame, validation_days, test_days, warmup_days)
     for part, path in ((train, train_path), (val, validation_path), (test, test_path)):
         path.parent.mkdir(parents=True, exist_ok=True)
         part.to_parquet(path, index=False)

@@ -67,6 +67,15 @@ def test_parameters_are_validated_with_clear_messages() -> None:
         parse_params({"unknown_param": 1})
     with pytest.raises(ConfigError, match="validation_days \\+ test_days"):
         parse_params({"n_days": 15, "validation_days": 10, "test_days": 10})
+    with pytest.raises(ConfigError, match="warmup_days \\+ validation_days \\+ test_days \\(30 \\+ 10 \\+ 10\\)"):
+        parse_params({"n_days": 50})
+    assert parse_params({"n_days": 50, "warmup_days": 0}).warmup_days == 0
+
+
+def test_the_default_warm_up_is_the_aggregate_window() -> None:
+    from mlplatform.features import MERCHANT_WINDOW_DAYS
+
+    assert DEFAULTS.warmup_days == MERCHANT_WINDOW_DAYS
 
 
 @pytest.mark.parametrize(

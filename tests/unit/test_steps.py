@@ -58,6 +58,19 @@ def test_time_split_names_the_empty_split() -> None:
         time_split(frame, 5, 5)
     with pytest.raises(ConfigError, match="at least 1"):
         time_split(frame, 0, 5)
+    with pytest.raises(ConfigError, match="training split is empty: warmup_days=3"):
+        time_split(frame, 3, 3, warmup_days=3)
+
+
+def test_training_starts_once_the_30_day_aggregates_are_warm() -> None:
+    """The first warmup_days carry partial 30-day counts that served traffic never has: not trained on."""
+    frame = pd.DataFrame({"event_timestamp": pd.date_range("2026-01-01", periods=60, freq="D", tz="UTC")})
+    train, val, test, val_start, _ = time_split(frame, 10, 10, warmup_days=30)
+    assert train["event_timestamp"].min() == pd.Timestamp("2026-01-31", tz="UTC")
+    assert train["event_timestamp"].max() < val_start
+    assert len(train) == 39 - 30 and len(train) + len(val) + len(test) == 60 - 30
+    everything, *_ = time_split(frame, 10, 10)
+    assert len(everything) == 39  # the 30 warm-up days are the difference
 
 
 def test_validation_passes_on_good_data(prepared: Prepared) -> None:
@@ -104,6 +117,15 @@ def test_validation_flags_drift_against_the_champion_reference(prepared: Prepare
     shifted = _broken(prepared, tmp_path, lambda f: f.__setitem__("amount_log", f["amount_log"] + 3))
     with pytest.raises(DataValidationError, match=r"train\.amount_log: PSI .* \(drift\)"):
         run_validate(shifted, ref, ValidationRules())
+    # a setting moves the threshold; a run an alert started retrains on the moved data: a warning
+    loose = ValidationRules.from_settings(PlatformSettings(validate_max_feature_psi=1000.0))
+    assert run_validate(shifted, ref, loose).violations == []
+    report = run_validate(shifted, ref, ValidationRules(), trigger="alert:MlplatformFeatureDrift")
+    assert report.violations == [] and any("amount_log" in w and "expected" in w for w in report.warnings)
+    # the schema, range and missing-value checks still fail an alert-started run
+    with pytest.raises(DataValidationError, match="amount: .* outside"):
+        broken = _broken(prepared, tmp_path, lambda f: f.__setitem__("amount", -f["amount"]))
+        run_validate(broken, ref, ValidationRules(), trigger="alert:MlplatformFeatureDrift")
 
 
 def test_gate_reasons() -> None:
