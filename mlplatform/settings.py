@@ -86,6 +86,12 @@ class PlatformSettings(BaseSettings):
         description="The tracking server's --artifacts-destination (e.g. s3://mlflow); maps mlflow-artifacts:/ "
         "model sources to a storageUri KServe's storage initializer can fetch.",
     )
+    validate_max_feature_psi: float = Field(
+        default=1.0,
+        gt=0,
+        description="Validate data: largest PSI of a training feature against the champion's training reference "
+        "(a larger shift fails the run, unless an alert started it: then the data is expected to have moved).",
+    )
     gate_min_roc_auc: float = Field(
         default=0.85, ge=0, le=1, description="Promotion gate: lowest acceptable test ROC-AUC."
     )

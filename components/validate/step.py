@@ -61,13 +61,19 @@ class ValidationRules:
     max_feature_psi: float = 1.0
     max_missing_rate_change: float = 0.1
 
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings) -> ValidationRules:
+        """The defaults with the thresholds PlatformSettings carries (MLPLATFORM_VALIDATE_*)."""
+        return cls(max_feature_psi=settings.validate_max_feature_psi)
+
 
 @dataclass
 class ValidationReport:
-    """Checks run and their findings."""
+    """Checks run and their findings; `warnings` are findings that do not fail the run."""
 
     checks: int = 0
     violations: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     feature_psi: dict[str, float] = field(default_factory=dict)
     fraud_rates: dict[str, float] = field(default_factory=dict)
 
@@ -127,9 +133,17 @@ def validate_split(name: str, frame: pd.DataFrame, rules: ValidationRules, repor
 
 
 def compare_with_reference(
-    frame: pd.DataFrame, reference: dict[str, Any], rules: ValidationRules, report: ValidationReport
+    frame: pd.DataFrame,
+    reference: dict[str, Any],
+    rules: ValidationRules,
+    report: ValidationReport,
+    drift_expected: bool = False,
 ) -> None:
-    """Shift of the training features against the champion's training reference statistics."""
+    """Shift of the training features against the champion's training reference statistics.
+
+    With `drift_expected` (an alert started the run: the data moved and the run retrains on it) a PSI
+    above `max_feature_psi` is a warning, not a violation; missing-rate changes still fail.
+    """
     for col, ref in reference.get("features", {}).items():
         if col not in frame.columns:
             continue
@@ -138,9 +152,11 @@ def compare_with_reference(
         report.feature_psi[col] = value
         report.checks += 2
         if np.isfinite(value) and value > rules.max_feature_psi:
-            report.violations.append(
-                f"train.{col}: PSI {value:.3f} against the champion's reference exceeds {rules.max_feature_psi} (drift)"
-            )
+            finding = f"train.{col}: PSI {value:.3f} against the champion's reference exceeds {rules.max_feature_psi}"
+            if drift_expected:
+                report.warnings.append(f"{finding} (drift, expected: an alert started this run)")
+            else:
+                report.violations.append(f"{finding} (drift)")
         missing = float(np.isnan(v).mean())
         if abs(missing - ref.get("missing_rate", 0.0)) > rules.max_missing_rate_change:
             report.violations.append(
@@ -150,7 +166,10 @@ def compare_with_reference(
 
 
 def run_validate(
-    splits: dict[str, Path], reference: dict[str, Any] | None, rules: ValidationRules | None = None
+    splits: dict[str, Path],
+    reference: dict[str, Any] | None,
+    rules: ValidationRules | None = None,
+    trigger: str = "manual",
 ) -> ValidationReport:
     """Validate the training set splits.
 
@@ -158,6 +177,8 @@ def run_validate(
         splits: Split name -> Parquet path (train, validation, test).
         reference: The champion's reference statistics, None when there is no champion.
         rules: Thresholds (defaults when None).
+        trigger: Why the run was started (mlplatform.params); `alert:...` makes feature drift against the
+            champion a warning: the alert said the data moved, and retraining on it is the point.
 
     Raises:
         DataValidationError: Listing every violation, each naming the split, the column and the rule.
@@ -168,7 +189,7 @@ def run_validate(
     for name, frame in frames.items():
         validate_split(name, frame, rules, report)
     if reference is not None and "train" in frames:
-        compare_with_reference(frames["train"], reference, rules, report)
+        compare_with_reference(frames["train"], reference, rules, report, drift_expected=trigger.startswith("alert:"))
     if report.violations:
         raise DataValidationError(report.violations)
     return report
