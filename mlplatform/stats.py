@@ -16,8 +16,11 @@ _EPS = 1e-4
 def column_stats(values: np.ndarray, n_bins: int = N_BINS) -> dict[str, Any]:
     """Summary of one numeric column: missing rate, moments, range and quantile bins.
 
-    Bin edges are the reference quantiles (deduplicated for discrete columns); the outer edges are
-    open (-inf, +inf) so that live values outside the reference range still fall into a bin.
+    Bin edges are the reference quantiles; a discrete column (at most `n_bins` distinct values: flags,
+    categories, small counts) gets one bin per value instead, since quantiles would lump a rare value with
+    the common one (an `is_night` share of 5 % has every decile at 0, and its drift would be invisible).
+    The outer edges are open (-inf, +inf) so that live values outside the reference range still fall into
+    a bin.
     """
     v = np.asarray(values, dtype=np.float64)
     finite = v[np.isfinite(v)]
@@ -35,7 +38,11 @@ def column_stats(values: np.ndarray, n_bins: int = N_BINS) -> dict[str, Any]:
             "edges": [],
             "proportions": [],
         }
-    inner = np.unique(np.quantile(finite, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    distinct = np.unique(finite)
+    if distinct.size <= n_bins:  # bins [v_i, v_i+1): each value alone; the smallest value's bin starts at -inf
+        inner = distinct[1:]
+    else:
+        inner = np.unique(np.quantile(finite, np.linspace(0, 1, n_bins + 1)[1:-1]))
     edges = [-np.inf, *inner.tolist(), np.inf]
     counts, _ = np.histogram(finite, bins=edges)
     return {

@@ -109,16 +109,18 @@ def test_ks_of_an_undrifted_integer_feature_is_near_zero() -> None:
     assert feature_drift("cust_txn_count_24h", ref, rng.poisson(4.0, 2_000).astype(float)).ks > 0.3
 
 
-def test_rare_binary_feature_gets_no_ks_and_its_shift_shows_in_skew_not_psi() -> None:
-    # Known limitation of the reference bins (stats.column_stats): with under 10 % ones every inner quantile
-    # edge is 0, so 0 and 1 share the bin [0, inf) and PSI cannot see the share of ones move. The
-    # standardized mean difference (skew) does.
+def test_rare_binary_feature_shift_shows_in_psi_and_skew() -> None:
+    # Discrete columns get one reference bin per value (stats.column_stats): with quantile bins a 5 % share
+    # of ones had every inner edge at 0, 0 and 1 shared a bin, and PSI could not see the share move.
     rng = np.random.default_rng(2)
     ref = column_stats((rng.random(10_000) < 0.05).astype(float))
+    assert ref["edges"] == [-np.inf, 1.0, np.inf]
     drift = feature_drift("is_night", ref, (rng.random(1_000) < 0.4).astype(float))
     assert not drift.continuous and drift.ks is None
-    assert drift.psi == pytest.approx(0.0)
+    assert drift.psi > PSI_ALERT and drift.status == "drift"
     assert drift.skew > 0.5
+    same = feature_drift("is_night", ref, (rng.random(1_000) < 0.05).astype(float))
+    assert same.psi < 0.05
 
 
 def test_skew_is_the_standardized_mean_difference_with_pooled_std() -> None:
