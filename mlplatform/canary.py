@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -332,6 +333,87 @@ def noise_bounds(canary_bins: np.ndarray, stable_bins: np.ndarray, alpha: float)
     return psi_bound, ks_bound
 
 
+@dataclass(frozen=True)
+class ScoreReferences:
+    """What each version scored on its own training data: the `score` entry of its reference statistics
+    (mlplatform.stats.column_stats: quantile edges, proportions per bin, min, max, count)."""
+
+    canary: Mapping[str, Any]
+    stable: Mapping[str, Any]
+
+
+def reference_counts(reference: Mapping[str, Any], bounds: Sequence[float]) -> np.ndarray | None:
+    """Counts a reference distribution puts in the bins of a cumulative histogram with upper `bounds` (the last
+    one inf): its CDF, linear between the quantile edges from min to max, times its row count."""
+    edges, proportions = reference.get("edges") or [], reference.get("proportions") or []
+    lo, hi, n = reference.get("min"), reference.get("max"), reference.get("count") or 0
+    if len(edges) < 2 or lo is None or hi is None or n <= 0:
+        return None
+    xs = np.asarray([lo, *edges[1:-1], hi], dtype=np.float64)
+    cdf = np.concatenate([[0.0], np.cumsum(proportions)[:-1], [1.0]])
+    at = np.asarray([1.0 if math.isinf(b) else float(np.interp(b, xs, cdf)) for b in bounds])
+    return np.diff(at, prepend=0.0) * float(n)
+
+
+def _against_own_reference(
+    live: StepEvidence, reference: Mapping[str, Any], settings: CanarySettings
+) -> tuple[float, float] | None:
+    """PSI of one side's live scores against the scores its model gave its own training data, and what
+    sampling noise allows for that window; None when either is missing."""
+    if not live.score_buckets:
+        return None
+    bounds = [le for le, _ in live.score_buckets]
+    live_bins = np.diff(np.asarray([c for _, c in live.score_buckets], dtype=np.float64), prepend=0.0)
+    expected = reference_counts(reference, bounds)
+    if expected is None or live_bins.sum() <= 0:
+        return None
+    live_pooled, expected_pooled = pool_bins(live_bins, expected, settings.min_expected_per_bin)
+    psi_noise, _ = noise_bounds(live_pooled, expected_pooled, settings.distribution_test_alpha)
+    return psi_of_counts(expected_pooled, live_pooled), max(settings.max_score_psi, psi_noise)
+
+
+def _explain_score_difference(
+    canary: StepEvidence,
+    stable: StepEvidence,
+    references: ScoreReferences,
+    score_checks: list[Check],
+    settings: CanarySettings,
+) -> list[Check]:
+    """Judge a canary whose scores differ from the stable version's against each version's own training scores.
+
+    A version retrained because the data moved scores the moved traffic differently from the old one, and
+    then the old one is the version whose scores drifted. The difference is explained, and the score checks
+    pass, when the stable version's live scores left its own training distribution while the canary's match
+    its own; otherwise they stay failed (a canary with shifted scores leaves its own distribution too).
+    Returns the score checks as judged, plus both comparisons for the record.
+    """
+    canary_own = _against_own_reference(canary, references.canary, settings)
+    stable_own = _against_own_reference(stable, references.stable, settings)
+    if canary_own is None or stable_own is None:
+        return score_checks
+    canary_check = _upper("score_psi_canary_own_reference", *canary_own, "canary score PSI vs its training scores")
+    stable_psi, stable_allowed = stable_own
+    stable_drifted = stable_psi > stable_allowed
+    stable_check = Check(
+        "score_psi_stable_own_reference",
+        CheckStatus.SKIPPED,  # informational: whether the stable baseline itself moved
+        stable_psi,
+        stable_allowed,
+        f"stable score PSI vs its training scores {stable_psi:.4g} "
+        + ("exceeds" if stable_drifted else "within")
+        + f" {stable_allowed:.4g} ({'drifted: the stable baseline moved' if stable_drifted else 'not drifted'})",
+    )
+    if stable_drifted and canary_check.status == CheckStatus.PASSED:
+        why = "explained: the stable version's scores drifted from its training scores, the canary's match its own"
+        score_checks = [
+            Check(c.name, CheckStatus.PASSED, c.measured, c.allowed, f"{c.detail}; {why}")
+            if c.status == CheckStatus.FAILED
+            else c
+            for c in score_checks
+        ]
+    return [*score_checks, canary_check, stable_check]
+
+
 def _comparable_latency(
     canary: StepEvidence, stable: StepEvidence, min_tail: int
 ) -> tuple[float | None, float | None, float]:
@@ -351,7 +433,12 @@ def _comparable_latency(
     )
 
 
-def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings) -> Verdict:
+def analyse(
+    canary: StepEvidence,
+    stable: StepEvidence,
+    settings: CanarySettings,
+    references: ScoreReferences | None = None,
+) -> Verdict:
     """Judge one traffic step: ROLLBACK if any check fails, WAIT if any cannot be made, else PROMOTE_STEP.
 
     Never promotes without evidence: below `min_requests` on either side, or with any metric unavailable,
@@ -363,6 +450,9 @@ def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings
         canary: Evidence of the new version in the step's window.
         stable: Evidence of the serving version in the same window (the baseline of the relative checks).
         settings: Thresholds.
+        references: Each version's scores on its own training data; with them a score difference from the
+            stable version can be explained by the stable version's own score drift
+            (`_explain_score_difference`).
 
     Returns:
         The decision and every check with its measured and allowed values.
@@ -426,22 +516,23 @@ def analyse(canary: StepEvidence, stable: StepEvidence, settings: CanarySettings
         else:
             canary_bins, stable_bins = pool_bins(*counts, s.min_expected_per_bin)
             psi_noise, ks_noise = noise_bounds(canary_bins, stable_bins, s.distribution_test_alpha)
-            checks.append(
+            score_checks = [
                 _upper(
                     "score_psi",
                     psi_of_counts(stable_bins, canary_bins),
                     max(s.max_score_psi, psi_noise),
                     f"score PSI canary vs stable (threshold {s.max_score_psi:g}, noise bound {psi_noise:.3g})",
-                )
-            )
-            checks.append(
+                ),
                 _upper(
                     "score_ks",
                     ks_of_counts(stable_bins, canary_bins),
                     max(s.max_score_ks, ks_noise),
                     f"score KS canary vs stable (threshold {s.max_score_ks:g}, noise bound {ks_noise:.3g})",
-                )
-            )
+                ),
+            ]
+            if references is not None and any(c.status == CheckStatus.FAILED for c in score_checks):
+                score_checks = _explain_score_difference(canary, stable, references, score_checks, s)
+            checks.extend(score_checks)
 
     if any(c.status == CheckStatus.FAILED for c in checks):
         return Verdict(Decision.ROLLBACK, tuple(checks))

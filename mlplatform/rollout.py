@@ -24,7 +24,16 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mlplatform.canary import CanarySettings, Check, CheckStatus, Decision, StepEvidence, Verdict, analyse
+from mlplatform.canary import (
+    CanarySettings,
+    Check,
+    CheckStatus,
+    Decision,
+    ScoreReferences,
+    StepEvidence,
+    Verdict,
+    analyse,
+)
 from mlplatform.errors import MlPlatformError
 from mlplatform.evidence import EvidenceSource, EvidenceUnavailable
 
@@ -72,6 +81,9 @@ class Backend(Protocol):
 
     def evidence(self) -> EvidenceSource:
         """Where the analysis reads its evidence."""
+
+    def score_references(self) -> ScoreReferences | None:
+        """Each version's scores on its own training data (None when an artifact has none)."""
 
     def describe(self) -> dict[str, Any]:
         """Status for people (`mlplatform rollout status`)."""
@@ -391,6 +403,7 @@ class Controller:
         if str(stable_version) == str(canary_version):
             raise RolloutError(f"version {canary_version} is already the stable version; nothing to roll out")
         self.backend = backend
+        self._references: ScoreReferences | None = None
         self.settings = settings
         self.model_name = model_name
         self.stable = str(stable_version)
@@ -451,6 +464,7 @@ class Controller:
                 if i == 0:
                     self.backend.start_canary(percent)
                     self._canary_since = self.clock()
+                    self._references = self.backend.score_references()
                 else:
                     self.backend.set_canary_percent(percent)
                 self._expected_percent = percent
@@ -521,7 +535,7 @@ class Controller:
             check = Check("evidence", CheckStatus.UNAVAILABLE, None, None, f"evidence unavailable: {exc}")
             return Verdict(Decision.WAIT, (check,))
         step.canary, step.stable = _evidence_summary(canary), _evidence_summary(stable)
-        return analyse(canary, stable, self.settings)
+        return analyse(canary, stable, self.settings, self._references)
 
     def _manual_decision(self) -> str | None:
         """A person's decision: through the control channel, or by changing the split outside the controller."""

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mlplatform.canary import CanarySettings
+from mlplatform.canary import CanarySettings, ScoreReferences
 from mlplatform.deploy import (
     kubernetes_client,
     prepare_local,
@@ -19,6 +19,18 @@ from mlplatform.evidence import EvidenceSource, PrometheusEvidence, ScrapeEviden
 from mlplatform.rollout import RolloutError
 from mlplatform.settings import PlatformSettings
 from mlplatform.tracking import RegisteredVersion
+
+
+def score_references(
+    settings: PlatformSettings, stable: RegisteredVersion, canary: RegisteredVersion
+) -> ScoreReferences | None:
+    """The scores each version gave its own training data, from the reference statistics in its artifact
+    (downloaded once into the work dir); None when either artifact has none (older artifacts)."""
+    from mlplatform.model import load_reference_stats
+
+    scores = [(load_reference_stats(prepare_local(settings, v)) or {}).get("score") for v in (canary, stable)]
+    return ScoreReferences(canary=scores[0], stable=scores[1]) if all(scores) else None
+
 
 #: Scrape interval of the local Prometheus server the local backend starts.
 LOCAL_SCRAPE_INTERVAL_SECONDS = 1.0
@@ -147,6 +159,9 @@ class ClusterBackend:
 
     def evidence(self) -> EvidenceSource:
         return self._evidence
+
+    def score_references(self) -> ScoreReferences | None:
+        return score_references(self.settings, self.stable, self.canary)
 
     def describe(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -357,6 +372,9 @@ class LocalBackend:
         if self._evidence is None:
             raise RolloutError("the local backend is not open")
         return self._evidence
+
+    def score_references(self) -> ScoreReferences | None:
+        return score_references(self.settings, self.stable, self.canary)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -12,10 +12,11 @@ features. The last day is the live traffic, replayed with its own timestamps (th
 snapshot ends): undrifted as the control, and the same day generated with `drift=1.0` (the same
 customers and merchants; larger amounts, more night activity) as the drift.
 
-The champion is trained on the snapshot's rows once the 30-day aggregates are warm (from day
-`MERCHANT_WINDOW_DAYS`): rows from the first 30 days carry partial 30-day counts that served traffic
-never has, and a reference built on them shows drift on undrifted traffic (see the report in
-docs/adr/0011-monitoring.md). The retraining run is the real pipeline on the same snapshot.
+The champion is trained on the snapshot's rows once the 30-day aggregates are warm (the pipeline's
+`warmup_days`, `MERCHANT_WINDOW_DAYS`): rows from the first 30 days carry partial 30-day counts that served
+traffic never has, and a reference built on them shows drift on undrifted traffic (see the report in
+docs/adr/0011-monitoring.md). The retraining run is the real pipeline, with the same warm-up, on the
+drifted stream's snapshot: the data that moved.
 
 Used by tests/e2e/test_feedback_loop.py and benchmarks/bench_feedback_loop.py.
 """
@@ -114,15 +115,15 @@ class LoopConfig:
     def pipeline_params(self, history: Path) -> dict[str, Any]:
         """Parameters of the retraining run the webhook starts (MLPLATFORM_WEBHOOK_PIPELINE_PARAMS).
 
-        The run trains on the undrifted snapshot: on the drifted one the pipeline's validate-data step stops
-        it (train.merchant_amount_avg_30d PSI 1.02 against the champion's reference exceeds its fixed 1.0),
-        so a drift-triggered retraining on drifted data cannot register today (reported to the lead).
+        `history` is the drifted snapshot: the validate-data step reports its drift against the champion's
+        reference as expected (the run's trigger is the drift alert) instead of failing the run.
         """
         return {
             "source_path": str(history),
             "seed": self.seed,
             "validation_days": self.validation_days,
             "test_days": self.test_days,
+            "warmup_days": MERCHANT_WINDOW_DAYS,
             "max_epochs": self.retrain_epochs,
         }
 
@@ -205,16 +206,20 @@ def bootstrap(work: Path, config: LoopConfig) -> Bootstrap:
     run_features(raw, settings)
     splits = {name: boot / f"{name}.parquet" for name in ("train", "validation", "test")}
     run_training_set(
-        raw, settings, config.validation_days, config.test_days, splits["train"], splits["validation"], splits["test"]
+        raw,
+        settings,
+        config.validation_days,
+        config.test_days,
+        splits["train"],
+        splits["validation"],
+        splits["test"],
+        warmup_days=MERCHANT_WINDOW_DAYS,
     )
     train = pd.read_parquet(splits["train"])
-    warm_from = train["event_timestamp"].min().normalize() + pd.Timedelta(days=MERCHANT_WINDOW_DAYS)
-    warm = train[train["event_timestamp"] >= warm_from]
-    if warm["is_fraud"].sum() < 10:
-        raise ValueError(f"too little warm training data ({len(warm)} rows); raise n_transactions or history_days")
-    warm.to_parquet(boot / "train_warm.parquet", index=False)
+    if train["is_fraud"].sum() < 10:
+        raise ValueError(f"too little warm training data ({len(train)} rows); raise n_transactions or history_days")
     outcome = run_train(
-        boot / "train_warm.parquet",
+        splits["train"],
         splits["validation"],
         boot / "model",
         TrainConfig(max_epochs=config.champion_epochs, seed=config.seed),
@@ -384,7 +389,7 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
     started = time.monotonic()
     result = LoopResult(config=asdict(config))
     boot = bootstrap(work, config)
-    drifted_settings, _ = build_drifted_store(work, config)
+    drifted_settings, drifted_history = build_drifted_store(work, config)
     result.bootstrap_seconds = round(time.monotonic() - started, 1)
     log(
         f"bootstrap: snapshot, two feature stores and champion v{boot.champion_version} in {result.bootstrap_seconds} s"
@@ -447,7 +452,7 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
                         "MLPLATFORM_WEBHOOK_AUTH_TOKEN": TOKEN,
                         "MLPLATFORM_WEBHOOK_COOLDOWN_SECONDS": "3600",
                         "MLPLATFORM_WEBHOOK_RUN_POLL_INTERVAL_SECONDS": "1",
-                        "MLPLATFORM_WEBHOOK_PIPELINE_PARAMS": json.dumps(config.pipeline_params(boot.history)),
+                        "MLPLATFORM_WEBHOOK_PIPELINE_PARAMS": json.dumps(config.pipeline_params(drifted_history)),
                     }
                 ),
                 webhook_log,

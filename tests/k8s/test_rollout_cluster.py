@@ -187,6 +187,7 @@ def chart_isvc() -> dict[str, Any]:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[client.ApiClient]:
     monkeypatch.setattr("mlplatform.rollout_backends.prepare_local", lambda settings, version: None)
+    monkeypatch.setattr("mlplatform.rollout_backends.score_references", lambda settings, stable, canary: None)
     KServeStandIn.applied, KServeStandIn.revisions, KServeStandIn.rolled_out = [], [], []
     KServeStandIn.obj, KServeStandIn.owned = {}, {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), KServeStandIn)

@@ -253,3 +253,54 @@ def test_one_slow_request_among_a_hundred_does_not_fail_the_latency_comparison()
     ev_slow = dataclasses.replace(ev_c, latency_buckets=_latency(slow), p99_seconds=0.03)
     check = next(c for c in analyse(ev_slow, ev_s, small).checks if c.name == "p99_latency_ratio")
     assert check.status == CheckStatus.FAILED
+
+
+def _retrained(seed: int, n: int = 2_000) -> np.ndarray:
+    """Scores of a model retrained on moved data: a different shape than fraud_scores."""
+    return np.clip(np.random.default_rng(seed).beta(1.5, 6.0, n), 0.0, 1.0)
+
+
+def test_a_score_difference_is_explained_when_the_stable_scores_drifted_and_the_canary_matches_its_own():
+    """Retrained because the data moved: the old version's scores left its training distribution, the new one
+    scores the moved traffic as it scored its own training data. The difference is no reason to roll back."""
+    from mlplatform.canary import ScoreReferences
+
+    references = ScoreReferences(canary=column_stats(_retrained(10, 20_000)), stable=column_stats(fraud_scores(11)))
+    canary, stable = evidence(scores=_retrained(12), errors=0), evidence(scores=_retrained(13), errors=0)
+    assert analyse(canary, stable, SETTINGS).decision == Decision.PROMOTE_STEP  # same live distribution
+    stable_drifted = evidence(scores=fraud_scores(14, shift=0.3), errors=0)  # the stable version's live scores
+    assert {"score_psi", "score_ks"} <= failed(analyse(canary, stable_drifted, SETTINGS))
+    verdict = analyse(canary, stable_drifted, SETTINGS, references)
+    assert verdict.decision == Decision.PROMOTE_STEP, verdict.reasons
+    checks = {c.name: c for c in verdict.checks}
+    assert "explained" in checks["score_psi"].detail
+    assert checks["score_psi_canary_own_reference"].status == CheckStatus.PASSED
+    assert "drifted" in checks["score_psi_stable_own_reference"].detail
+
+
+def test_shifted_canary_scores_are_not_explained_by_references():
+    """A broken canary (scores shifted) leaves its own training distribution: still rolled back. Two versions
+    that each match their own training scores but disagree on the same traffic are rolled back too."""
+    from mlplatform.canary import ScoreReferences
+
+    references = ScoreReferences(canary=column_stats(fraud_scores(20, 20_000)), stable=column_stats(fraud_scores(21)))
+    shifted = evidence(scores=fraud_scores(22, shift=0.3), errors=0)
+    verdict = analyse(shifted, evidence(scores=fraud_scores(23), errors=0), SETTINGS, references)
+    assert verdict.decision == Decision.ROLLBACK
+    assert {"score_psi", "score_psi_canary_own_reference"} <= failed(verdict)
+    disagreeing = ScoreReferences(canary=column_stats(_retrained(25, 20_000)), stable=column_stats(fraud_scores(26)))
+    verdict = analyse(
+        evidence(scores=_retrained(27), errors=0), evidence(scores=fraud_scores(28)), SETTINGS, disagreeing
+    )
+    assert verdict.decision == Decision.ROLLBACK
+    assert "score_psi" in failed(verdict) and "score_psi_canary_own_reference" not in failed(verdict)
+
+
+def test_reference_counts_follow_the_reference_cdf_on_the_live_buckets():
+    from mlplatform.canary import reference_counts
+
+    ref = column_stats(np.random.default_rng(3).uniform(0, 1, 50_000))
+    counts = reference_counts(ref, [0.25, 0.5, 1.0, float("inf")])
+    assert counts is not None
+    assert counts.tolist() == pytest.approx([12_500, 12_500, 25_000, 0], rel=0.02, abs=50)
+    assert reference_counts({"edges": []}, [1.0]) is None

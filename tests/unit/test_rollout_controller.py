@@ -77,6 +77,9 @@ class FakeBackend:
     def evidence(self) -> Any:
         return self.source
 
+    def score_references(self) -> None:
+        return None  # the reference-explained score checks are unit-tested in test_canary_decision
+
     def describe(self) -> dict[str, Any]:
         return {"percent": self.percent}
 
