@@ -106,18 +106,28 @@ def gate_reasons(
     return reasons
 
 
+#: Tag of a version while its registration is in progress; removed once its aliases are set.
+REGISTRATION_PENDING_TAG = "registration_pending"
+#: A registration pending for longer than this was abandoned (the registry failed mid-way and stayed down).
+ABANDONED_AFTER_SECONDS = 600.0
+
+
 def register_version(
     name: str,
     source: str,
     run_id: str,
     tags: Mapping[str, Any],
     reasons: list[str],
+    abandoned_after_seconds: float = ABANDONED_AFTER_SECONDS,
 ) -> RegisteredVersion:
     """Register a gated model version with its lineage tags and move the aliases.
 
     The version gets alias `challenger`; the first version of a model also becomes `champion`.
-    Nothing is written when `reasons` is not empty; when any registry write fails after the version
-    was created, the version is deleted again, so no half-registered version stays behind.
+    Nothing is written when `reasons` is not empty. The version is created tagged
+    `registration_pending` and the tag is removed once its aliases are set. When a registry write
+    fails after the version was created, the version is deleted again; when the registry is down for
+    that delete too, the pending version stays (no alias points at it, so nothing serves it) and the
+    next registration of the model removes it (`remove_abandoned_registrations`).
 
     Raises:
         PromotionRejected: When the gate rejected the model (`reasons` not empty).
@@ -134,17 +144,42 @@ def register_version(
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    remove_abandoned_registrations(name, abandoned_after_seconds)
     had_champion = get_alias(name, CHAMPION) is not None
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags=str_tags)
+    mv = client.create_model_version(
+        name, source=source, run_id=run_id, tags={**str_tags, REGISTRATION_PENDING_TAG: "true"}
+    )
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
         if not had_champion:
             client.set_registered_model_alias(name, CHAMPION, mv.version)
+        client.delete_model_version_tag(name, mv.version, REGISTRATION_PENDING_TAG)
     except Exception:
-        client.delete_model_version(name, mv.version)
+        client.delete_model_version(name, mv.version)  # when this fails too, the next registration cleans up
         raise
     aliases = [CHALLENGER] + ([] if had_champion else [CHAMPION])
     return RegisteredVersion(name, str(mv.version), source, run_id, aliases, str_tags)
+
+
+def remove_abandoned_registrations(name: str, older_than_seconds: float = ABANDONED_AFTER_SECONDS) -> list[str]:
+    """Delete the versions of `name` whose registration was left pending longer than `older_than_seconds` ago
+    (a registry outage between creating a version and setting its aliases); returns their numbers.
+
+    A younger pending version may be another run registering right now and is left alone.
+    """
+    import time
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_model_versions(f"name='{name}' and tags.{REGISTRATION_PENDING_TAG} = 'true'")
+    now_ms = time.time() * 1000.0
+    removed = []
+    for mv in found:
+        if now_ms - float(mv.creation_timestamp or 0) >= older_than_seconds * 1000.0:
+            client.delete_model_version(name, mv.version)
+            removed.append(str(mv.version))
+    return removed
 
 
 def get_version(name: str, version: str) -> RegisteredVersion:

@@ -184,6 +184,32 @@ def test_failed_alias_write_leaves_no_half_registered_version(sqlite_mlflow: Pla
     assert mlflow.MlflowClient().search_model_versions("name='m'") == []
 
 
+def test_a_version_left_pending_by_a_registry_outage_is_removed_by_the_next_registration(
+    sqlite_mlflow: PlatformSettings, monkeypatch
+) -> None:
+    """The registry fails between creating the version and its aliases, and stays down for the delete: the
+    version stays, tagged pending, with no alias (nothing serves it). The next registration removes it."""
+    run_id, source = _model_run(sqlite_mlflow)
+    client = mlflow.MlflowClient()
+
+    def down(*args, **kwargs):
+        raise RuntimeError("registry went away")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(mlflow.MlflowClient, "set_registered_model_alias", down)
+        outage.setattr(mlflow.MlflowClient, "delete_model_version", down)
+        with pytest.raises(RuntimeError, match="went away"):
+            tracking.register_version("m", source, run_id, {}, [])
+    [left] = client.search_model_versions("name='m'")
+    assert left.tags.get(tracking.REGISTRATION_PENDING_TAG) == "true" and not left.aliases
+    # a pending version younger than the grace period may be a registration in progress: left alone
+    assert tracking.remove_abandoned_registrations("m") == []
+    registered = tracking.register_version("m", source, run_id, {}, [], abandoned_after_seconds=0.0)
+    assert [str(v.version) for v in client.search_model_versions("name='m'")] == [registered.version]
+    assert set(registered.aliases) == {"champion", "challenger"}
+    assert tracking.REGISTRATION_PENDING_TAG not in client.get_model_version("m", registered.version).tags
+
+
 def test_features_applied_twice_in_one_process_read_each_runs_own_sources(tmp_path: Path) -> None:
     from components.features.step import run_features
     from mlplatform import featurestore
