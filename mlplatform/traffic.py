@@ -120,8 +120,12 @@ class TrafficGenerator:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _run(self, worker: int) -> None:
+        import logging
+
         import httpx
 
+        # one INFO line per request (httpx's) would bury the caller's log: a pipeline step logs at INFO
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         interval = self.workers / self.rps
         next_at = time.monotonic() + worker * interval / self.workers
         i = worker
