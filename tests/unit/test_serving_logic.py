@@ -188,7 +188,9 @@ def test_prediction_log_retries_records_after_a_write_failure(tmp_path: Path) ->
     assert [r["record_id"] for r in read_records(target)] == ["a"]
 
 
-def test_transformer_logs_and_answers_the_version_and_role_of_the_predictor_that_scored(tmp_path: Path) -> None:
+def test_transformer_logs_and_answers_the_version_and_role_of_the_predictor_that_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a cluster one transformer (version "shared") fronts the stable and the canary predictor revisions:
     each record names the revision that answered, so prediction logs split by version and role."""
     settings = ServingSettings(model_version="shared", role="stable")
@@ -202,8 +204,8 @@ def test_transformer_logs_and_answers_the_version_and_role_of_the_predictor_that
     async def canary_predictor(body: bytes, headers: dict[str, str]) -> dict[str, object]:
         return {"predictions": [0.9], "fallback": [False], "model_version": "4", "role": "canary", "threshold": 0.5}
 
-    transformer._online_features = no_features  # type: ignore[method-assign]  # no feature store in a unit test
-    transformer._call_predictor = canary_predictor  # type: ignore[method-assign]  # the canary revision's answer
+    monkeypatch.setattr(transformer, "_online_features", no_features)  # no feature store in a unit test
+    monkeypatch.setattr(transformer, "_call_predictor", canary_predictor)  # the canary revision's answer
 
     async def serve() -> dict[str, object]:
         scoring = await transformer.preprocess(_body())
