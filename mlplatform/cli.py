@@ -700,15 +700,10 @@ def rollout_status(target: Target = None, work_dir: WorkDir = Path(".mlplatform"
         if settings.deploy_target == "cluster":
             from dataclasses import asdict
 
-            from kubernetes import client, config
-
+            from mlplatform.deploy import kubernetes_client
             from serving.inferenceservice import get, predictor_traffic
 
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            live = get(settings.registered_model_name, settings.deploy_namespace, client.ApiClient())
+            live = get(settings.registered_model_name, settings.deploy_namespace, kubernetes_client())
             status: dict[str, Any] = {"target": "cluster", **asdict(predictor_traffic(live))}
         else:
             status = ControlFile(report_root(settings) / "current.json").read() or {"state": "no rollout yet"}

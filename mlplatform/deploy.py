@@ -171,13 +171,22 @@ def require_installed(settings: PlatformSettings, api_client: Any, uri: str, mod
 
 
 def kubernetes_client() -> Any:
-    """An ApiClient from the pod's service account, or from the kubeconfig outside a cluster."""
+    """An ApiClient from the pod's service account, or from the kubeconfig outside a cluster.
+
+    Raises:
+        ConfigError: When there is neither.
+    """
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise ConfigError(
+                f"no Kubernetes access: not in a pod with a service account, and no usable kubeconfig ({exc})"
+            ) from exc
     return client.ApiClient()
 
 

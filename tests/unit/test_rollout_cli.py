@@ -105,3 +105,11 @@ def test_run_prints_the_rollout_report_of_the_deploy_step(capsys: pytest.Capture
     print_deployment({"action": "rollout", "outcome": "promoted", "report": json.loads(report.to_json())})
     out = capsys.readouterr().out
     assert "version 2 PROMOTED" in out and "Step 10 %" in out
+
+
+def test_cluster_status_without_kubernetes_access_says_so(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(work / "no-such-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    result = runner.invoke(app, ["rollout", "status", "--target", "cluster", "--work-dir", str(work)])
+    assert result.exit_code == 2, result.output
+    assert "no Kubernetes access" in result.output
