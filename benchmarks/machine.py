@@ -10,7 +10,7 @@ import torch
 
 
 def describe(device: torch.device | None = None) -> dict:
-    """CPU model, cores, memory, Python, torch and, for a CUDA device, the GPU."""
+    """CPU model, cores, memory, load, Python, torch and, for a CUDA device, the GPU."""
     cpu = platform.processor() or "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -28,6 +28,8 @@ def describe(device: torch.device | None = None) -> dict:
         "cuda": torch.cuda.is_available(),
         "os": platform.platform(),
         "device": "cpu",
+        # what else ran: these machines are shared, and a loaded one explains slow figures
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
     }
     if device is not None and device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

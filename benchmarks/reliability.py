@@ -213,7 +213,8 @@ def write_doc(path: Path, r: dict[str, Any]) -> None:
         "",
         "Measured by `make reliability` (benchmarks/reliability.py); the raw figures are in",
         f"`benchmarks/results/reliability.json`. Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores"
-        f", shared with other work while it ran. Run at {r['finished_at']}.",
+        f", load average {r['machine'].get('load_average_1m_at_start', 'not recorded')} when it started. "
+        f"Run at {r['finished_at']}.",
         "The fast parts (a few hundred generated cases, every fault, the log check, the score mapping) run in",
         "`make test` from `tests/reliability/`.",
         "",
