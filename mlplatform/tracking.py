@@ -165,7 +165,9 @@ def remove_abandoned_registrations(name: str, older_than_seconds: float = ABANDO
     """Delete the versions of `name` whose registration was left pending longer than `older_than_seconds` ago
     (a registry outage between creating a version and setting its aliases); returns their numbers.
 
-    A younger pending version may be another run registering right now and is left alone.
+    A younger pending version may be another run registering right now and is left alone. A pending version
+    that carries an alias got its aliases and only lost the tag removal: it may be serving, so it is kept and
+    its tag removed.
     """
     import time
 
@@ -176,9 +178,13 @@ def remove_abandoned_registrations(name: str, older_than_seconds: float = ABANDO
     now_ms = time.time() * 1000.0
     removed = []
     for mv in found:
-        if now_ms - float(mv.creation_timestamp or 0) >= older_than_seconds * 1000.0:
-            client.delete_model_version(name, mv.version)
-            removed.append(str(mv.version))
+        if now_ms - float(mv.creation_timestamp or 0) < older_than_seconds * 1000.0:
+            continue
+        if client.get_model_version(name, mv.version).aliases:
+            client.delete_model_version_tag(name, mv.version, REGISTRATION_PENDING_TAG)
+            continue
+        client.delete_model_version(name, mv.version)
+        removed.append(str(mv.version))
     return removed
 
 

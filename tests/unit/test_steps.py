@@ -210,6 +210,18 @@ def test_a_version_left_pending_by_a_registry_outage_is_removed_by_the_next_regi
     assert tracking.REGISTRATION_PENDING_TAG not in client.get_model_version("m", registered.version).tags
 
 
+def test_a_pending_version_that_got_its_aliases_is_kept_and_untagged(sqlite_mlflow: PlatformSettings) -> None:
+    """Aliases set, then the registry failed before the tag removal: the version may be serving; never deleted."""
+    run_id, source = _model_run(sqlite_mlflow)
+    client = mlflow.MlflowClient()
+    registered = tracking.register_version("m", source, run_id, {}, [])
+    client.set_model_version_tag("m", registered.version, tracking.REGISTRATION_PENDING_TAG, "true")
+    assert tracking.remove_abandoned_registrations("m", older_than_seconds=0.0) == []
+    kept = client.get_model_version("m", registered.version)
+    assert set(kept.aliases) == {"champion", "challenger"}
+    assert tracking.REGISTRATION_PENDING_TAG not in kept.tags
+
+
 def test_features_applied_twice_in_one_process_read_each_runs_own_sources(tmp_path: Path) -> None:
     from components.features.step import run_features
     from mlplatform import featurestore
