@@ -15,9 +15,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse
 
-from mlplatform.features import model_input_arrays
-from mlplatform.featurestore import default_repo_path, open_store
-from mlplatform.model import load_model
+from mlplatform.features.compute import model_input_arrays
+from mlplatform.features.store import default_repo_path, open_store
+from mlplatform.training.model import load_model
 from serving.schema import parse_v1
 from serving.settings import ServingSettings
 from serving.transformer import FEATURE_REFS, assemble_features

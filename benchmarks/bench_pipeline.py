@@ -23,7 +23,7 @@ from components.train.step import run_train
 from components.training_set.step import run_training_set
 from components.validate.step import champion_reference, run_validate
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import TrainConfig
+from mlplatform.training.loop import TrainConfig
 
 
 def bench(n: int, seed: int) -> dict:

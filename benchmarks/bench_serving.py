@@ -32,9 +32,9 @@ from components.features.step import run_features
 from components.ingest.step import run_ingest
 from components.train.step import run_train
 from components.training_set.step import run_training_set
+from mlplatform.local.serving import free_port, start_local
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import TrainConfig
-from serving.local import free_port, start_local
+from mlplatform.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

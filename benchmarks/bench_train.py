@@ -1,4 +1,4 @@
-"""Samples/s of the training loop (mlplatform.training.train_model) against a bare PyTorch loop; prints JSON.
+"""Samples/s of the training loop (mlplatform.training.loop.train_model) against a bare PyTorch loop; prints JSON.
 
 Both loops train the same model (FraudMLP, 32 -> 256 -> 256 -> 1, AdamW, fp32 unless a variant says
 otherwise) at the same batch size on the same synthetic data, in the same process, interleaved
@@ -8,7 +8,7 @@ the steps: the validation pass, loss bookkeeping, LR scheduler and its checkpoin
 loop is its fastest epoch over all repeats (as `timeit` takes the minimum: on a shared machine other
 processes only ever slow a loop down); the median epoch is reported beside it. `--variants` also
 measures the component with bf16 autocast and with torch.compile, the evidence for
-`mlplatform.training.MEASURED_DEFAULTS`.
+`mlplatform.training.loop.MEASURED_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-from mlplatform.model import ModelConfig, build_model  # noqa: E402
-from mlplatform.training import TrainConfig, resolve_device, resolve_speed_options, train_model  # noqa: E402
+from mlplatform.training.loop import TrainConfig, resolve_device, resolve_speed_options, train_model
+from mlplatform.training.model import ModelConfig, build_model
 
 N_FEATURES = 32
 MODEL = ModelConfig(feature_names=[f"f{i}" for i in range(N_FEATURES)], hidden_units=[256, 256])

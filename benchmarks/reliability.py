@@ -102,7 +102,7 @@ class RssSampler:
 
 def run_load_phases(work: Path, rate: float, seconds: float, ramp: list[float], ramp_seconds: float) -> dict[str, Any]:
     """Sustained open-loop load at `rate`, then a ramp; RSS sampled; prediction log vs successful answers."""
-    from serving.prediction_log import read_records
+    from mlplatform.monitoring.prediction_log import read_records
     from tests.reliability.stack import serving_stack
 
     with serving_stack(work, n_transactions=20_000, max_epochs=3) as stack:

@@ -1,7 +1,7 @@
 """Feast declarations for the fraud workload: entities, sources, feature views, feature service."""
 
 # Feast imports every .py file in this folder on `feast apply`; keep only declarations here.
-# Feature names, windows and the request-time computation live in mlplatform.features, the one
+# Feature names, windows and the request-time computation live in mlplatform.features.compute, the one
 # place that training and serving share.
 from datetime import timedelta
 
@@ -10,7 +10,7 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, Reques
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
-from mlplatform import features as F
+from mlplatform.features import compute as F
 
 # An entity is what features describe; its join key is the column that identifies it.
 customer = Entity(
@@ -79,7 +79,7 @@ transaction_request = RequestSource(
     mode="pandas",
 )
 def transaction_features(inputs: pd.DataFrame) -> pd.DataFrame:
-    from mlplatform.features import on_demand_features
+    from mlplatform.features.compute import on_demand_features
 
     return on_demand_features(inputs)
 

@@ -21,10 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlplatform.settings import PROJECT_ROOT
+
 if TYPE_CHECKING:
     import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 SECTIONS = ("data", "model", "infra", "monitor")
 SECTION_TITLES = {"data": "Data", "model": "Model", "infra": "Infrastructure", "monitor": "Monitoring"}
 _ENV_OUT = "MLPLATFORM_MLTEST_COLLECT_OUT"

@@ -26,7 +26,7 @@ class PipelineParams(BaseModel):
     validation_days: int = Field(10, ge=1, le=365, description="Days before the test window for validation.")
     test_days: int = Field(10, ge=1, le=365, description="Last days held out for the test.")
     warmup_days: int = Field(
-        30,  # mlplatform.features.MERCHANT_WINDOW_DAYS (tests/unit/test_cli_and_pipeline.py keeps them equal)
+        30,  # mlplatform.features.compute.MERCHANT_WINDOW_DAYS (tests/unit/test_cli_and_pipeline.py keeps them equal)
         ge=0,
         le=365,
         description="First days of the data left out of training: the 30-day aggregates are still filling "

@@ -8,6 +8,11 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The checkout (or installed source tree) the package lives in: feature_repo/, monitoring/ and helm/ are beside it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: The Feast feature repo shipped with the project.
+DEFAULT_FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+
 #: The image every pipeline component runs in on a cluster (built from images/components.Dockerfile).
 DEFAULT_COMPONENT_IMAGE = "ghcr.io/mlplatform/mlplatform-components:0.1.0"
 #: The image the serving transformer and predictor run in (built from images/serving.Dockerfile).
@@ -151,9 +156,7 @@ class PlatformSettings(BaseSettings):
     @property
     def feast_repo(self) -> Path:
         """The feature repo in force."""
-        from mlplatform.featurestore import default_repo_path
-
-        return (self.feast_repo_path or default_repo_path()).resolve()
+        return (self.feast_repo_path or DEFAULT_FEATURE_REPO).resolve()
 
     @property
     def feast_data(self) -> Path:

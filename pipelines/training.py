@@ -25,7 +25,7 @@ SETTINGS_CONFIG_MAP = "mlplatform-pipeline-settings"
 
 def settings_env_names() -> list[str]:
     """Every MLPLATFORM_* variable the components' settings classes read."""
-    from mlplatform.canary import CanarySettings
+    from mlplatform.rollout.settings import CanarySettings
     from mlplatform.settings import PlatformSettings
 
     return [f"MLPLATFORM_{name.upper()}" for name in PlatformSettings.model_fields] + [

@@ -17,7 +17,7 @@ command -v redis-server >/dev/null || need_install+=(redis-server)
 [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] || need_install+=(postgresql)
 command -v prometheus >/dev/null || need_install+=(prometheus)
 command -v promtool >/dev/null || need_install+=(prometheus)
-# Alertmanager routes the local rules' alerts to the retraining webhook (mlplatform/localprom.py starts it per test).
+# Alertmanager routes the local rules' alerts to the retraining webhook (mlplatform/local/prometheus.py starts it per test).
 command -v prometheus-alertmanager >/dev/null || need_install+=(prometheus-alertmanager)
 
 install_missing() {

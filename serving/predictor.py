@@ -22,7 +22,7 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model, model_server
 from kserve.errors import InvalidInput
 
-from mlplatform.model import ModelConfig, load_model
+from mlplatform.training.model import ModelConfig, load_model
 from serving.errors import InvalidRequest
 from serving.metrics import ServingMetrics
 from serving.settings import ServingSettings

@@ -3,7 +3,7 @@
 KServe runs it in front of the predictor (a separate container on a cluster, a separate process
 locally). Per request it validates the transactions (`serving.schema`), looks up the customer and
 merchant features through Feast with a deadline, computes the on-demand features with the same
-function the offline store uses (`mlplatform.features.on_demand_features`), builds the model input in
+function the offline store uses (`mlplatform.features.compute.on_demand_features`), builds the model input in
 training order, calls the predictor over HTTP, and answers score, decision and model version. Every
 answered transaction is appended to the prediction log.
 
@@ -27,16 +27,16 @@ import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model, model_server
 from kserve.errors import InvalidInput
 
-from mlplatform.features import (
+from mlplatform.features.compute import (
     CUSTOMER_FEATURES,
     MERCHANT_FEATURES,
     MODEL_FEATURES,
     model_input_arrays,
     on_demand_arrays,
 )
+from mlplatform.monitoring.prediction_log import PredictionLog
 from serving.errors import InvalidRequest, ServiceUnavailable
 from serving.metrics import ServingMetrics
-from serving.prediction_log import PredictionLog
 from serving.schema import Transaction, parse_v1, parse_v2_columns
 from serving.settings import ServingSettings
 
@@ -113,7 +113,7 @@ class FraudTransformer(Model):
     def load(self) -> bool:
         """Open the feature store and the prediction log."""
         if self.store is None:
-            from mlplatform.featurestore import default_repo_path, open_store
+            from mlplatform.features.store import default_repo_path, open_store
 
             repo = self.settings.feast_repo_path or default_repo_path()
             data_dir = self.settings.feast_data_dir or repo

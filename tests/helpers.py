@@ -24,8 +24,8 @@ def train_and_register(settings: PlatformSettings, work: Path, max_epochs: int =
 
     from components.train.step import run_train
     from components.training_set.step import run_training_set
-    from mlplatform import tracking
-    from mlplatform.training import TrainConfig
+    from mlplatform import registry
+    from mlplatform.training.loop import TrainConfig
 
     splits = {n: work / f"{n}.parquet" for n in ("train", "validation", "test")}
     run_training_set(work / "raw.parquet", settings, 7, 7, splits["train"], splits["validation"], splits["test"])
@@ -33,7 +33,7 @@ def train_and_register(settings: PlatformSettings, work: Path, max_epochs: int =
         splits["train"], splits["validation"], work / "trained", TrainConfig(max_epochs=max_epochs), settings, [32, 16]
     )
     artifact_uri = mlflow.get_run(outcome.mlflow_run_id).info.artifact_uri
-    registered = tracking.register_version(
+    registered = registry.register_version(
         settings.registered_model_name, f"{artifact_uri}/model", outcome.mlflow_run_id, {}, []
     )
     return str(registered.version)

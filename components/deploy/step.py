@@ -1,7 +1,7 @@
 """Deploy-canary + analyse: the registered version earns production through a canary rollout, or is rolled back.
 
 The first version of a model has nothing to be compared with and is deployed as the champion. A later
-version (alias `challenger`) is rolled out against the champion by `mlplatform.rollout.Controller`: on a
+version (alias `challenger`) is rolled out against the champion by `mlplatform.rollout.controller.Controller`: on a
 cluster the InferenceService's canary traffic moves step by step, judged on Prometheus; locally the
 champion and the challenger are served behind the splitter while recent transactions are replayed
 through it (locally nothing else calls the endpoint), judged on the same metrics.
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlplatform.canary import CanarySettings
+from mlplatform.rollout.settings import CanarySettings
 from mlplatform.settings import PlatformSettings
 
 
@@ -56,21 +56,22 @@ def run_deploy_canary(
         log: Progress lines.
 
     Raises:
-        mlplatform.rollout.RolloutError: The rollout could not run or its outcome could not be recorded.
-        mlplatform.deploy.ArtifactInvalid: The version's artifact cannot be served (nothing got traffic).
+        mlplatform.rollout.controller.RolloutError: The rollout could not run or its outcome could not be recorded.
+        mlplatform.deploy.artifact.ArtifactInvalid: The version's artifact cannot be served (nothing got traffic).
     """
-    from mlplatform import tracking
-    from mlplatform.deploy import deploy, resolve
+    from mlplatform import registry
+    from mlplatform.deploy.artifact import resolve
+    from mlplatform.deploy.cluster import deploy
 
     if not registered:
         return DeployOutcome("nothing", reason="no version was registered in this run")
     canary_settings = canary_settings or CanarySettings()
-    champion = resolve(settings, tracking.CHAMPION)
+    champion = resolve(settings, registry.CHAMPION)
     if champion.version == str(version):
-        from serving.inferenceservice import NotInstalled
+        from mlplatform.deploy.inferenceservice import NotInstalled
 
         try:
-            result = deploy(settings, tracking.CHAMPION)
+            result = deploy(settings, registry.CHAMPION)
         except NotInstalled as exc:
             # The runner may only read and patch the InferenceService: the first one is a person's Helm
             # install. The version is registered and champion either way; the step says what to run.
@@ -82,7 +83,7 @@ def run_deploy_canary(
             "deployed",
             f"first version of {settings.registered_model_name}: deployed as champion ({result.target})",
         )
-    challenger = tracking.get_version(settings.registered_model_name, str(version))
+    challenger = registry.get_version(settings.registered_model_name, str(version))
     report = _roll_out(settings, canary_settings, champion, challenger, log)
     return DeployOutcome(
         "rollout", str(version), report.outcome, report.reason, json.loads(report.to_json()), report.to_markdown()
@@ -96,8 +97,8 @@ def _roll_out(
     challenger: Any,
     log: Any,
 ) -> Any:
-    from mlplatform.rollout import ControlFile, Controller, MlflowRecorder
-    from mlplatform.rollout_backends import ClusterBackend, LocalBackend, report_root
+    from mlplatform.rollout.backends import ClusterBackend, LocalBackend, report_root
+    from mlplatform.rollout.controller import ControlFile, Controller, MlflowRecorder
 
     root = report_root(settings)
     common = {"recorder": MlflowRecorder(settings.registered_model_name), "log": log}
@@ -114,7 +115,7 @@ def _roll_out(
         )
         return _with_metrics(controller, canary_settings).run()
 
-    from mlplatform.traffic import TrafficGenerator, sample_transactions
+    from mlplatform.local.traffic import TrafficGenerator, sample_transactions
 
     with LocalBackend(settings, canary_settings, champion, challenger) as backend:
         transactions = sample_transactions(settings, 2_000, seed=int(challenger.version))

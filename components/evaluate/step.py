@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplatform.evaluation import binary_metrics, evaluation_report, fit_rule_baseline
-from mlplatform.features import MODEL_FEATURES, model_input
-from mlplatform.model import ModelConfig, load_model, predict_proba
+from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.settings import PlatformSettings
+from mlplatform.training.evaluation import binary_metrics, evaluation_report, fit_rule_baseline
+from mlplatform.training.model import ModelConfig, load_model, predict_proba
 
 REPORT_FILE = "evaluation.json"
 MODEL_CARD_FILE = "model_card.md"
@@ -21,14 +21,14 @@ MODEL_CARD_FILE = "model_card.md"
 def champion_scores(model_name: str, x: np.ndarray) -> tuple[str, np.ndarray] | None:
     """The current champion's version and its scores on `x`, None when there is no champion.
 
-    MLflow must be configured (`tracking.configure`).
+    MLflow must be configured (`registry.configure`).
     """
-    from mlplatform import tracking
+    from mlplatform import registry
 
-    champion = tracking.get_alias(model_name, tracking.CHAMPION)
+    champion = registry.get_alias(model_name, registry.CHAMPION)
     if champion is None:
         return None
-    model, config = load_model(tracking.download_version(champion))
+    model, config = load_model(registry.download_version(champion))
     if list(config.feature_names) != list(MODEL_FEATURES):
         return None  # a champion on other features cannot be scored on this set
     return champion.version, predict_proba(model, x)
@@ -106,7 +106,7 @@ def run_evaluate(
     """
     import mlflow
 
-    from mlplatform import tracking
+    from mlplatform import registry
 
     model, config = load_model(model_dir)
     val, test = pd.read_parquet(validation_path), pd.read_parquet(test_path)
@@ -115,7 +115,7 @@ def run_evaluate(
     scores = predict_proba(model, x_test)
     baseline = fit_rule_baseline(val, val["is_fraud"].to_numpy(np.int64), MODEL_FEATURES)
     report = evaluation_report(test, y_test, scores, config.threshold, baseline)
-    tracking.configure(settings)
+    registry.configure(settings)
     champ = champion_scores(settings.registered_model_name, x_test)
     if champ is not None:
         version, champ_scores = champ

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlplatform import featurestore
-from mlplatform.features import customer_features, merchant_features
+from mlplatform.features import store as featurestore
+from mlplatform.features.compute import customer_features, merchant_features
 from mlplatform.settings import PlatformSettings
 
 

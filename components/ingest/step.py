@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlplatform.datagen import TRANSACTION_COLUMNS, GeneratorConfig, generate_transactions
+from mlplatform.data.generator import TRANSACTION_COLUMNS, GeneratorConfig, generate_transactions
 from mlplatform.errors import ConfigError
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from components.ingest.step import IngestResult
 from mlplatform.errors import PromotionRejected
-from mlplatform.features import MODEL_FEATURES
-from mlplatform.featurestore import FEATURE_SERVICE
+from mlplatform.features.compute import MODEL_FEATURES
+from mlplatform.features.store import FEATURE_SERVICE
 from mlplatform.params import trigger_tags
 from mlplatform.settings import PlatformSettings
 
@@ -70,12 +70,12 @@ def run_register(
     """
     import mlflow
 
-    from mlplatform import tracking
+    from mlplatform import registry
 
-    tracking.configure(settings)
+    registry.configure(settings)
     champion = report.get("champion")
     champion_pr_auc = champion["pr_auc"] if champion else None
-    reasons = tracking.gate_reasons(report["model"], report["baseline"]["pr_auc"], champion_pr_auc, settings)
+    reasons = registry.gate_reasons(report["model"], report["baseline"]["pr_auc"], champion_pr_auc, settings)
     common = {
         "model_name": settings.registered_model_name,
         "test_pr_auc": report["model"]["pr_auc"],
@@ -92,7 +92,7 @@ def run_register(
     for key, value in trigger_tags(trigger).items():
         client.set_tag(mlflow_run_id, key, value)
     try:
-        version = tracking.register_version(settings.registered_model_name, source, mlflow_run_id, tags, reasons)
+        version = registry.register_version(settings.registered_model_name, source, mlflow_run_id, tags, reasons)
     except PromotionRejected as rejected:
         client.set_tag(mlflow_run_id, "gate", "rejected")
         client.set_tag(mlflow_run_id, "gate_reasons", "; ".join(rejected.reasons))

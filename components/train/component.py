@@ -39,7 +39,7 @@ def train(
 
     from components.train.step import run_train
     from mlplatform.settings import PlatformSettings
-    from mlplatform.training import TrainConfig
+    from mlplatform.training.loop import TrainConfig
 
     settings = PlatformSettings()
     config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mlplatform.evaluation import choose_threshold
-from mlplatform.features import MODEL_FEATURES, model_input
-from mlplatform.model import ModelConfig, predict_proba, save_model
+from mlplatform.features.compute import MODEL_FEATURES, model_input
+from mlplatform.monitoring.stats import reference_stats
 from mlplatform.settings import PlatformSettings
-from mlplatform.stats import reference_stats
-from mlplatform.training import EpochResult, TrainConfig, TrainResult, train_model
+from mlplatform.training.evaluation import choose_threshold
+from mlplatform.training.loop import EpochResult, TrainConfig, TrainResult, train_model
+from mlplatform.training.model import ModelConfig, predict_proba, save_model
 
 if TYPE_CHECKING:
     import mlflow
@@ -76,14 +76,14 @@ def run_train(
     training checkpoints there, and a retried task resumes from the last checkpoint and continues
     the same MLflow run.
     """
-    from mlplatform import tracking
+    from mlplatform import registry
 
     train, val = pd.read_parquet(train_path), pd.read_parquet(validation_path)
     x_tr, y_tr = model_input(train), train["is_fraud"].to_numpy(np.float32)
     x_va, y_va = model_input(val), val["is_fraud"].to_numpy(np.float32)
     model_config = ModelConfig(feature_names=list(MODEL_FEATURES), hidden_units=hidden_units or [64, 32])
 
-    experiment_id = tracking.configure(settings)
+    experiment_id = registry.configure(settings)
     with start_or_resume_run(experiment_id, run_name, tags, checkpoint_dir) as run:
         log_training_params(config, model_config, len(train), len(val))
         result = train_model(

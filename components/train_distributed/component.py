@@ -52,7 +52,7 @@ def train_distributed(
 
     from components.train_distributed.step import run_train_distributed
     from mlplatform.settings import PlatformSettings
-    from mlplatform.training import TrainConfig
+    from mlplatform.training.loop import TrainConfig
 
     kube_config.load_incluster_config()
     namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()

@@ -1,4 +1,4 @@
-"""Distributed train: a Kubeflow Trainer TrainJob running `torchrun -m mlplatform.train_ddp`, launched and awaited.
+"""Distributed train: a Kubeflow Trainer TrainJob running `torchrun -m mlplatform.training.ddp`, launched and awaited.
 
 The pipeline task and the TrainJob's pods share a ReadWriteMany volume mounted at `SHARED_MOUNT_PATH`:
 the task writes the training arrays there, the TrainJob checkpoints and writes the model there, and the
@@ -26,10 +26,10 @@ from components.train.step import (
     log_training_params,
     start_or_resume_run,
 )
-from mlplatform.features import MODEL_FEATURES, model_input
-from mlplatform.model import ModelConfig, load_model
+from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import EpochResult, TrainConfig, TrainResult
+from mlplatform.training.loop import EpochResult, TrainConfig, TrainResult
+from mlplatform.training.model import ModelConfig, load_model
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 #: Where the shared volume is mounted, in the pipeline task and in every TrainJob pod.
@@ -81,14 +81,14 @@ def render_trainjob(
     """The TrainJob (trainer.kubeflow.org/v1alpha1) for `num_nodes` x `gpus_per_node` DDP processes.
 
     The torch runtime sets torchrun's `PET_*` variables (nodes, processes per node, rank, master), so
-    the command is plain `torchrun -m mlplatform.train_ddp`. Pods run non-root with a read-only root
+    the command is plain `torchrun -m mlplatform.training.ddp`. Pods run non-root with a read-only root
     filesystem; /tmp is an emptyDir (torch.compile's cache), the shared volume holds data, checkpoints
     and the model.
     """
     if num_nodes < 1 or gpus_per_node < 0:
         raise ValueError(f"num_nodes must be >= 1 and gpus_per_node >= 0, got {num_nodes}, {gpus_per_node}")
     command = [
-        *("torchrun", "-m", "mlplatform.train_ddp"),
+        *("torchrun", "-m", "mlplatform.training.ddp"),
         *("--data", f"{run_dir}/data.npz", "--output", f"{run_dir}/model"),
         *("--checkpoint-dir", f"{run_dir}/checkpoints", "--config", json.dumps(asdict(config), sort_keys=True)),
         *("--hidden-units", *map(str, model_config.hidden_units), "--dropout", str(model_config.dropout)),
@@ -258,8 +258,8 @@ def run_train_distributed(
 
     import mlflow
 
-    from mlplatform import tracking
-    from mlplatform.train_ddp import RESULT_FILE, save_training_data
+    from mlplatform import registry
+    from mlplatform.training.ddp import RESULT_FILE, save_training_data
 
     # <shared root>/<run key>/train-distributed, the same path as mounted in the TrainJob's pods.
     run_dir = settings.model_copy(update={"checkpoint_root": shared_root}).checkpoint_dir(run_key, "train-distributed")
@@ -278,7 +278,7 @@ def run_train_distributed(
         num_nodes=num_nodes,
         gpus_per_node=gpus_per_node,
     )
-    experiment_id = tracking.configure(settings)
+    experiment_id = registry.configure(settings)
     with start_or_resume_run(experiment_id, run_key, None, run_dir) as run:
         log_training_params(config, model_config, len(train), len(val))
         mlflow.log_params({"num_nodes": num_nodes, "gpus_per_node": gpus_per_node})

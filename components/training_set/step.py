@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlplatform import featurestore
 from mlplatform.errors import ConfigError
-from mlplatform.features import request_fields
+from mlplatform.features import store as featurestore
+from mlplatform.features.compute import request_fields
 from mlplatform.settings import PlatformSettings
 
 #: Columns of the raw events kept beside the features (keys, time, label, slicing fields).

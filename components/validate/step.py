@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.errors import DataValidationError
-from mlplatform.features import MODEL_FEATURES, ON_DEMAND_FEATURES, REQUEST_FIELDS
+from mlplatform.features.compute import MODEL_FEATURES, ON_DEMAND_FEATURES, REQUEST_FIELDS
+from mlplatform.monitoring.stats import psi
 from mlplatform.settings import PlatformSettings
-from mlplatform.stats import psi
 
 #: (low, high) inclusive bounds of columns with a known valid range.
 RANGES: dict[str, tuple[float, float]] = {
@@ -197,11 +197,11 @@ def run_validate(
 
 def champion_reference(settings: PlatformSettings) -> dict[str, Any] | None:
     """The reference statistics saved with the current champion, None when there is no champion."""
-    from mlplatform import tracking
-    from mlplatform.model import load_reference_stats
+    from mlplatform import registry
+    from mlplatform.training.model import load_reference_stats
 
-    tracking.configure(settings)
-    champion = tracking.get_alias(settings.registered_model_name, tracking.CHAMPION)
+    registry.configure(settings)
+    champion = registry.get_alias(settings.registered_model_name, registry.CHAMPION)
     if champion is None:
         return None
-    return load_reference_stats(tracking.download_version(champion))
+    return load_reference_stats(registry.download_version(champion))

@@ -1,8 +1,8 @@
 """Harness of the feedback-loop end-to-end test and benchmark: drift -> alert -> retraining -> canary rollout.
 
 Everything is a real local process: the champion served by a transformer + predictor pair (Feast online
-store, prediction log), the drift monitor (`python -m mlplatform.monitor`), the alert webhook
-(`python -m mlplatform.webhook`, backend local: it starts `mlplatform run` in a child process), a
+store, prediction log), the drift monitor (`python -m mlplatform.monitoring.exporter`), the alert webhook
+(`python -m mlplatform.feedback.webhook`, backend local: it starts `mlplatform run` in a child process), a
 Prometheus server scraping the monitor, the webhook and the serving pair while evaluating the project's
 rules (`for` capped by `localprom.shortened_rules`), and an Alertmanager routing to the webhook.
 
@@ -39,8 +39,8 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from mlplatform.datagen import GeneratorConfig, generate_transactions, write_transactions
-from mlplatform.features import CUSTOMER_FRESHNESS_S, MERCHANT_WINDOW_DAYS
+from mlplatform.data.generator import GeneratorConfig, generate_transactions, write_transactions
+from mlplatform.features.compute import CUSTOMER_FRESHNESS_S, MERCHANT_WINDOW_DAYS
 from mlplatform.settings import PlatformSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,8 +194,8 @@ def bootstrap(work: Path, config: LoopConfig) -> Bootstrap:
     from components.ingest.step import run_ingest
     from components.train.step import run_train
     from components.training_set.step import run_training_set
-    from mlplatform import tracking
-    from mlplatform.training import TrainConfig
+    from mlplatform import registry
+    from mlplatform.training.loop import TrainConfig
 
     started = time.monotonic()
     settings = PlatformSettings(work_dir=work)
@@ -225,9 +225,9 @@ def bootstrap(work: Path, config: LoopConfig) -> Bootstrap:
         TrainConfig(max_epochs=config.champion_epochs, seed=config.seed),
         settings,
     )
-    tracking.configure(settings)
+    registry.configure(settings)
     source = f"{mlflow.get_run(outcome.mlflow_run_id).info.artifact_uri}/model"
-    version = tracking.register_version(MODEL, source, outcome.mlflow_run_id, {"trigger": "bootstrap"}, [])
+    version = registry.register_version(MODEL, source, outcome.mlflow_run_id, {"trigger": "bootstrap"}, [])
     return Bootstrap(settings, history, version.version, time.monotonic() - started)
 
 
@@ -379,11 +379,12 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
     Raises:
         LoopError: A link did not happen in time (the message names it and carries the relevant logs).
     """
-    from mlplatform import tracking
-    from mlplatform.deploy import prepare_local, serving_env
-    from mlplatform.localprom import LocalAlertmanager, LocalPrometheus, shortened_rules
-    from mlplatform.traffic import TrafficGenerator
-    from serving.local import free_port, start_local
+    from mlplatform import registry
+    from mlplatform.deploy.artifact import prepare_local
+    from mlplatform.deploy.cluster import serving_env
+    from mlplatform.local.prometheus import LocalAlertmanager, LocalPrometheus, shortened_rules
+    from mlplatform.local.serving import free_port, start_local
+    from mlplatform.local.traffic import TrafficGenerator
 
     config = config or LoopConfig()
     started = time.monotonic()
@@ -397,7 +398,7 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
     settings = boot.settings
     control_requests, drift_requests = live_requests(config, 0.0), live_requests(config, 1.0)
     logs = work / "logs" / "loop"
-    champion = tracking.get_version(MODEL, boot.champion_version)
+    champion = registry.get_version(MODEL, boot.champion_version)
     model_dir = prepare_local(settings, champion)
     gates = {
         "MLPLATFORM_GATE_MIN_ROC_AUC": "0",
@@ -425,7 +426,7 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
             )
         stack.enter_context(
             _process(
-                [sys.executable, "-m", "mlplatform.monitor"],
+                [sys.executable, "-m", "mlplatform.monitoring.exporter"],
                 _child_env(
                     {
                         **base_env,
@@ -441,7 +442,7 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
         )
         webhook = stack.enter_context(
             _process(
-                [sys.executable, "-m", "mlplatform.webhook"],
+                [sys.executable, "-m", "mlplatform.feedback.webhook"],
                 _child_env(
                     {
                         **base_env,
@@ -588,10 +589,10 @@ def _read_registry(
     """The new version, its run's tags and the outcome of the rollout the run's deploy-canary step performed."""
     import mlflow
 
-    from mlplatform import tracking
-    from mlplatform.rollout_backends import report_root
+    from mlplatform import registry
+    from mlplatform.rollout.backends import report_root
 
-    tracking.configure(settings)
+    registry.configure(settings)
     client = mlflow.MlflowClient()
     versions = sorted(client.search_model_versions(f"name='{MODEL}'"), key=lambda v: int(v.version))
     result.versions_before = [champion_version]
@@ -617,7 +618,7 @@ def _read_registry(
     key = "new_champion" if result.rollout["outcome"] == "promoted" else "rolled_back"
     result.times_unix_s[key] = result.times_unix_s["rollout_finished"]
     result.aliases_after = {
-        a: (v.version if (v := tracking.get_alias(MODEL, a)) else None)
-        for a in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS)
+        a: (v.version if (v := registry.get_alias(MODEL, a)) else None)
+        for a in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS)
     }
     log(f"rollout of v{mv.version}: {result.rollout['outcome']} ({result.rollout['reason']})")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from loop_harness import DRIFT_ALERTS, MODEL, PSI_ALERT, LoopResult, run_feedback_loop
 
-from mlplatform.webhook import WebhookSettings
+from mlplatform.feedback.webhook import WebhookSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlplatform import tracking
+from mlplatform import registry
+from mlplatform.orchestration.runner import run_local
 from mlplatform.params import parse_params
-from mlplatform.runner import run_local
 from mlplatform.settings import PlatformSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -41,7 +41,7 @@ def test_first_run_registers_the_champion_with_lineage(two_runs) -> None:
     assert first.summary["version"] == "1"
     assert set(first.summary["aliases"]) == {"champion", "challenger"}
     assert first.summary["test_pr_auc"] >= 1.5 * first.summary["baseline_pr_auc"]
-    tracking.configure(settings)
+    registry.configure(settings)
     mv = mlflow.MlflowClient().get_model_version("fraud-detector", "1")
     for tag in (
         "data_hash",
@@ -64,9 +64,9 @@ def test_first_run_registers_the_champion_with_lineage(two_runs) -> None:
 
 def test_model_card_and_artifacts_are_logged(two_runs, tmp_path: Path) -> None:
     first, _, settings = two_runs
-    tracking.configure(settings)
-    version = tracking.get_alias("fraud-detector", "champion")
-    local = tracking.download_version(version, tmp_path)
+    registry.configure(settings)
+    version = registry.get_alias("fraud-detector", "champion")
+    local = registry.download_version(version, tmp_path)
     assert {"model.safetensors", "model_config.json", "reference_stats.json"} <= {p.name for p in local.iterdir()}
     card = Path(
         mlflow.artifacts.download_artifacts(
@@ -91,17 +91,18 @@ def test_same_seed_gives_identical_metrics_and_the_second_model_is_canaried_and_
     deployment = second.summary["deployment"]
     assert deployment["action"] == "rollout" and deployment["outcome"] == "promoted", deployment["reason"]
     assert [s["percent"] for s in deployment["report"]["steps"]] == [10, 25, 50]
-    assert tracking.get_alias("fraud-detector", "champion").version == "2"
-    assert tracking.get_alias("fraud-detector", "previous").version == "1"
-    assert tracking.get_alias("fraud-detector", "challenger") is None
+    assert registry.get_alias("fraud-detector", "champion").version == "2"
+    assert registry.get_alias("fraud-detector", "previous").version == "1"
+    assert registry.get_alias("fraud-detector", "challenger") is None
 
 
 def test_pipeline_deploy_step_verified_the_champion_and_it_serves_locally(two_runs) -> None:
     """The end of `make run`: the deploy step prepared the champion; served, it scores demo transactions."""
     import httpx
 
-    from mlplatform.deploy import local_model_dir, resolve, serve_local
-    from mlplatform.traffic import demo_transactions
+    from mlplatform.deploy.artifact import local_model_dir, resolve
+    from mlplatform.local.serving import serve_local
+    from mlplatform.local.traffic import demo_transactions
 
     _, _, settings = two_runs
     champion = resolve(settings, "champion")

@@ -16,12 +16,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlplatform import tracking
-from mlplatform.canary import CanarySettings
-from mlplatform.rollout import ControlFile, Controller, MlflowRecorder, RolloutReport
-from mlplatform.rollout_backends import LocalBackend, report_root
+from mlplatform import registry as mlflow_registry
+from mlplatform.local.traffic import Response, TrafficGenerator, sample_transactions
+from mlplatform.rollout.backends import LocalBackend, report_root
+from mlplatform.rollout.controller import ControlFile, Controller, MlflowRecorder
+from mlplatform.rollout.report import RolloutReport
+from mlplatform.rollout.settings import CanarySettings
 from mlplatform.settings import PlatformSettings
-from mlplatform.traffic import Response, TrafficGenerator, sample_transactions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -51,7 +52,7 @@ class Registry:
 
 def _train(settings: PlatformSettings, splits: dict[str, Path], out: Path, seed: int) -> tuple[str, str]:
     from components.train.step import run_train
-    from mlplatform.training import TrainConfig
+    from mlplatform.training.loop import TrainConfig
 
     outcome = run_train(
         splits["train"], splits["validation"], out, TrainConfig(max_epochs=6, seed=seed), settings, [32, 16]
@@ -64,21 +65,21 @@ def registry(prepared, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """Version 1 (champion), whose artifact later challengers serve (broken ones through `serving.faults`)."""
     work = tmp_path_factory.mktemp("rollout")
     settings = PlatformSettings(work_dir=work, feast_data_dir=prepared.settings.feast_data)
-    tracking.configure(settings)
+    mlflow_registry.configure(settings)
     source, run = _train(settings, prepared.splits, work / "m1", seed=1)
-    tracking.register_version(NAME, source, run, {}, [])
+    mlflow_registry.register_version(NAME, source, run, {}, [])
     # A good challenger behaves like the champion: its artifact, registered anew (a model retrained with another
     # seed on this small data moves the score distribution by PSI 0.1-0.3 on the replayed traffic, right at the
     # 0.2 threshold, which would make the test's outcome a coin toss rather than a statement).
     return Registry(settings, source, run, source, run, sample_transactions(settings, 400, seed=3))
 
 
-def _challenger(reg: Registry, retrained: bool) -> tracking.RegisteredVersion:
+def _challenger(reg: Registry, retrained: bool) -> mlflow_registry.RegisteredVersion:
     """A new version of the champion's model (a broken challenger's only defect is then the injected fault)."""
-    tracking.configure(reg.settings)
+    mlflow_registry.configure(reg.settings)
     if retrained:
-        return tracking.register_version(NAME, reg.good_source, reg.good_run, {}, [])
-    return tracking.register_version(NAME, reg.champion_source, reg.champion_run, {}, [])
+        return mlflow_registry.register_version(NAME, reg.good_source, reg.good_run, {}, [])
+    return mlflow_registry.register_version(NAME, reg.champion_source, reg.champion_run, {}, [])
 
 
 @dataclass
@@ -93,8 +94,8 @@ class Rolled:
 def _roll_out(reg: Registry, predictor_module: str = "serving.predictor", evidence: str = "auto") -> Rolled:
     import time
 
-    champion = tracking.get_alias(NAME, "champion")
-    challenger = tracking.get_alias(NAME, "challenger")
+    champion = mlflow_registry.get_alias(NAME, "champion")
+    challenger = mlflow_registry.get_alias(NAME, "challenger")
     assert champion is not None and challenger is not None
     backend = LocalBackend(
         reg.settings, CANARY, champion, challenger, evidence=evidence, canary_predictor_module=predictor_module
@@ -158,9 +159,9 @@ def test_broken_challenger_is_rolled_back_at_the_first_step(
     else:
         assert not failures
     # the registry: champion kept, the challenger retired, the outcome on the version, the report on its run
-    assert tracking.get_alias(NAME, "champion").version == report.stable_version
-    assert tracking.get_alias(NAME, "challenger") is None
-    version = tracking.get_version(NAME, challenger.version)
+    assert mlflow_registry.get_alias(NAME, "champion").version == report.stable_version
+    assert mlflow_registry.get_alias(NAME, "challenger") is None
+    version = mlflow_registry.get_version(NAME, challenger.version)
     assert version.tags["rollout.outcome"] == "rolled_back" and version.tags["rollout.step_10.decision"] == "rollback"
     assert (report_root(registry.settings) / report.rollout_id / "report.md").is_file()
 
@@ -168,7 +169,7 @@ def test_broken_challenger_is_rolled_back_at_the_first_step(
 def test_good_challenger_is_promoted_through_every_step(registry: Registry) -> None:
     if shutil.which("prometheus") is None:
         pytest.skip("the prometheus Debian package is not installed (make services installs it)")
-    before = tracking.get_alias(NAME, "champion")
+    before = mlflow_registry.get_alias(NAME, "champion")
     challenger = _challenger(registry, retrained=True)
     rolled = _roll_out(registry)
     report = rolled.report
@@ -186,10 +187,10 @@ def test_good_challenger_is_promoted_through_every_step(registry: Registry) -> N
     assert rolled.after and all(r.version == challenger.version and r.role == "stable" for r in rolled.after)
     assert rolled.split_after["stable"]["model_version"] == challenger.version
     # aliases moved: champion -> the challenger, previous -> the old champion, challenger gone
-    assert tracking.get_alias(NAME, "champion").version == challenger.version
-    assert tracking.get_alias(NAME, "previous").version == before.version
-    assert tracking.get_alias(NAME, "challenger") is None
-    tags = tracking.get_version(NAME, challenger.version).tags
+    assert mlflow_registry.get_alias(NAME, "champion").version == challenger.version
+    assert mlflow_registry.get_alias(NAME, "previous").version == before.version
+    assert mlflow_registry.get_alias(NAME, "challenger") is None
+    tags = mlflow_registry.get_version(NAME, challenger.version).tags
     assert tags["rollout.outcome"] == "promoted"
     assert float(tags["rollout.step_50.score_psi"]) <= CANARY.max_score_psi
     artifacts = mlflow.MlflowClient().list_artifacts(registry.good_run, f"rollouts/{report.rollout_id}")
@@ -207,10 +208,10 @@ def test_rollout_pauses_without_prometheus_and_never_promotes(registry: Registry
     as inconclusive, never promoted, and clients see no errors meanwhile."""
     import time
 
-    from serving.local import free_port
+    from mlplatform.local.serving import free_port
 
     challenger = _challenger(registry, retrained=False)
-    champion = tracking.get_alias(NAME, "champion")
+    champion = mlflow_registry.get_alias(NAME, "champion")
     settings = CANARY.model_copy(
         update={"prometheus_url": f"http://127.0.0.1:{free_port()}", "step_max_wait_seconds": 6}
     )
@@ -225,4 +226,4 @@ def test_rollout_pauses_without_prometheus_and_never_promotes(registry: Registry
     assert "not promoted without evidence" in report.reason and "did not answer" in report.reason
     assert report.steps[0].analyses >= 5 and not report.steps[0].checks[1:]  # only "evidence unavailable"
     assert responses and all(r.status == 200 for r in responses)
-    assert tracking.get_alias(NAME, "champion").version == champion.version
+    assert mlflow_registry.get_alias(NAME, "champion").version == champion.version

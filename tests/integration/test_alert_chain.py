@@ -18,9 +18,10 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from mlplatform.localprom import LocalAlertmanager, LocalPrometheus, shortened_rules
+from mlplatform.feedback.launchers import FunctionLauncher
+from mlplatform.feedback.webhook import Retrainer, WebhookSettings, create_app
+from mlplatform.local.prometheus import LocalAlertmanager, LocalPrometheus, shortened_rules
 from mlplatform.params import PipelineParams
-from mlplatform.webhook import FunctionLauncher, Retrainer, WebhookSettings, create_app
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@
 
 A real Prometheus scrapes (1) the serving metric families (serving.metrics.ServingMetrics, each family with a
 sample, served by prometheus_client as the serving processes do) and (2) the webhook receiver's real /metrics
-(its FastAPI app under uvicorn). The monitor (mlplatform/monitor.py) exports its gauges only after it has
-evaluated a window of real predictions, and the rollout controller (mlplatform/rollout.py) only during a
+(its FastAPI app under uvicorn). The monitor (mlplatform/monitoring/exporter.py) exports its gauges only after it has
+evaluated a window of real predictions, and the rollout controller (mlplatform/rollout/controller.py) only during a
 rollout, so their names are checked against the explicit allow-lists below (the names agreed in issue 5),
 not against a scrape.
 """
@@ -23,15 +23,16 @@ import uvicorn
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mlplatform import dashboards
-from mlplatform.localprom import LocalPrometheus
-from mlplatform.webhook import FunctionLauncher, Retrainer, WebhookSettings, create_app
+from mlplatform.feedback.launchers import FunctionLauncher
+from mlplatform.feedback.webhook import Retrainer, WebhookSettings, create_app
+from mlplatform.local.prometheus import LocalPrometheus
+from mlplatform.monitoring import dashboards
 from serving.metrics import ServingMetrics
 
 pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules" / "mlplatform.rules.yaml"
-#: Exported by mlplatform/monitor.py (gauges appear once a window has been evaluated) - allow-listed, not scraped.
+#: Exported by the monitor (mlplatform/monitoring/exporter.py) once a window was evaluated - allow-listed, not scraped.
 MONITOR_METRICS = {
     "mlplatform_drift_psi",
     "mlplatform_drift_ks",
@@ -48,7 +49,7 @@ MONITOR_METRICS = {
     "mlplatform_monitor_last_success_timestamp_seconds",
     "mlplatform_monitor_runs_total",
 }
-#: Exported by mlplatform/rollout.py (the canary rollout controller) - allow-listed, not scraped.
+#: Exported by mlplatform/rollout/controller.py (the canary rollout controller) - allow-listed, not scraped.
 ROLLOUT_METRICS = {
     "mlplatform_rollout_traffic_percent",
     "mlplatform_rollout_state",
@@ -62,7 +63,8 @@ METRIC = re.compile(r"\b(mlplatform_[a-z0-9_]+)\b")
 def serving_registry(component: str) -> CollectorRegistry:
     """Every serving metric family with at least one sample, as a transformer or a predictor exports them.
 
-    The transformer carries model_version "shared" as on a cluster (serving/inferenceservice.py), the predictor
+    The transformer carries model_version "shared" as on a cluster (mlplatform/deploy/inferenceservice.py), the
+    predictor
     the version it serves, so per-version panels only find data when they read the predictor's series.
     """
     registry = CollectorRegistry()

@@ -17,9 +17,14 @@ import redis
 
 from components.features.step import FeaturesResult, run_features
 from components.ingest.step import run_ingest
-from mlplatform import featurestore
 from mlplatform.errors import ConfigError
-from mlplatform.features import MODEL_CUSTOMER_FEATURES, MODEL_MERCHANT_FEATURES, ON_DEMAND_FEATURES, customer_features
+from mlplatform.features import store as featurestore
+from mlplatform.features.compute import (
+    MODEL_CUSTOMER_FEATURES,
+    MODEL_MERCHANT_FEATURES,
+    ON_DEMAND_FEATURES,
+    customer_features,
+)
 from mlplatform.settings import PlatformSettings
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from mlplatform.localprom import LocalPrometheus, LocalServerError, PrometheusStartError, ScrapeTimeout
+from mlplatform.local.prometheus import LocalPrometheus, LocalServerError, PrometheusStartError, ScrapeTimeout
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from components.register.step import run_register
 from components.train.step import TrainOutcome, run_train
 from components.training_set.step import run_training_set
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import TrainConfig
+from mlplatform.training.loop import TrainConfig
 
 pytestmark = pytest.mark.integration
 

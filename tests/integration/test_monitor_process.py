@@ -22,10 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from components.train.step import run_train
-from mlplatform import tracking
+from mlplatform import registry
 from mlplatform.cli import app
-from mlplatform.datagen import GeneratorConfig, generate_transactions
-from mlplatform.features import (
+from mlplatform.data.generator import GeneratorConfig, generate_transactions
+from mlplatform.data.labels import emit_labels, write_labels
+from mlplatform.features.compute import (
     MODEL_FEATURES,
     customer_features,
     merchant_features,
@@ -33,12 +34,11 @@ from mlplatform.features import (
     on_demand_features,
     request_fields,
 )
-from mlplatform.labels import emit_labels, write_labels
-from mlplatform.model import load_model, predict_proba
-from mlplatform.monitor import PSI_ALERT
+from mlplatform.monitoring.drift import PSI_ALERT
+from mlplatform.monitoring.prediction_log import PredictionLog
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import TrainConfig
-from serving.prediction_log import PredictionLog
+from mlplatform.training.loop import TrainConfig
+from mlplatform.training.model import load_model, predict_proba
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -116,13 +116,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     frame[(day >= VALIDATION_FROM_DAY) & (day < LIVE_FROM_DAY)].to_parquet(paths["validation"])
     config = TrainConfig(max_epochs=10, batch_size=256, seed=1, device="cpu", patience=10)
     outcome = run_train(paths["train"], paths["validation"], work / "model", config, settings)
-    tracking.configure(settings)
+    registry.configure(settings)
     import mlflow
 
     source = f"{mlflow.get_run(outcome.mlflow_run_id).info.artifact_uri}/model"
     registered_at = time.time()
     for _ in range(3):
-        tracking.register_version(MODEL, source, outcome.mlflow_run_id, {}, [])
+        registry.register_version(MODEL, source, outcome.mlflow_run_id, {}, [])
 
     model, _ = load_model(work / "model")
     now = datetime.now(UTC)
@@ -184,7 +184,9 @@ def monitor(scenario: Scenario, port_finder: Callable[[], int], tmp_path: Path) 
     }
     log = tmp_path / "monitor.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlplatform.monitor"], env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlplatform.monitoring.exporter"], env=env, stdout=out, stderr=out
+        )
     try:
         yield f"http://127.0.0.1:{port}", proc, log
     finally:

@@ -13,15 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlplatform.canary import CanarySettings, Decision, StepEvidence, analyse
-from mlplatform.promql import (
-    PrometheusQueryError,
-    PrometheusUnavailable,
-    StepQueries,
-    collect_evidence,
-    query,
-    step_queries,
-)
+from mlplatform.monitoring.prometheus import PrometheusQueryError, PrometheusUnavailable, query
+from mlplatform.rollout.analysis import Decision, StepEvidence, analyse
+from mlplatform.rollout.promql import StepQueries, collect_evidence, step_queries
+from mlplatform.rollout.settings import CanarySettings
 from serving.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 
 pytestmark = pytest.mark.integration
@@ -288,8 +283,8 @@ def test_unreachable_prometheus_raises_unavailable(port_finder: Callable[[], int
 def test_snapshot_differences_give_the_known_evidence_of_each_side(prometheus_url: str):
     """The rollout's exact evidence: instant counter sums at the window's start and end, differenced (the known
     samples grow linearly, so the difference equals the window's increase without any extrapolation)."""
-    from mlplatform.evidence_math import between
-    from mlplatform.promql import snapshot
+    from mlplatform.rollout.analysis import between
+    from mlplatform.rollout.promql import snapshot
 
     for side, expected in ((CANARY, EXPECTED_CANARY), (STABLE, EXPECTED_STABLE)):
         before = snapshot(prometheus_url, MODEL, side["model_version"], side["role"], AT - WINDOW_SECONDS)
@@ -298,8 +293,8 @@ def test_snapshot_differences_give_the_known_evidence_of_each_side(prometheus_ur
 
 
 def test_every_snapshot_query_is_used_by_the_snapshot(prometheus_url: str):
-    from mlplatform.evidence_math import Snapshot
-    from mlplatform.promql import SnapshotQueries, snapshot
+    from mlplatform.rollout.analysis import Snapshot
+    from mlplatform.rollout.promql import SnapshotQueries, snapshot
 
     assert len(dataclasses.fields(SnapshotQueries)) == len(dataclasses.fields(Snapshot))
     assert snapshot(prometheus_url, MODEL, "9", "canary", AT) == Snapshot()  # never scraped: all zero

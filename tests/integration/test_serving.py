@@ -25,13 +25,14 @@ import yaml
 
 from components.features.step import run_features
 from components.ingest.step import run_ingest
-from mlplatform import featurestore
-from mlplatform.deploy import ArtifactInvalid, deploy, serve_local, serving_env
-from mlplatform.features import MODEL_FEATURES, model_input
-from mlplatform.model import load_model, predict_proba
+from mlplatform.deploy.artifact import ArtifactInvalid
+from mlplatform.deploy.cluster import deploy, serving_env
+from mlplatform.features import store as featurestore
+from mlplatform.features.compute import MODEL_FEATURES, model_input
+from mlplatform.local.serving import LocalService, serve_local, start_local
+from mlplatform.monitoring.prediction_log import read_records
 from mlplatform.settings import PlatformSettings
-from serving.local import LocalService, start_local
-from serving.prediction_log import read_records
+from mlplatform.training.model import load_model, predict_proba
 from tests.helpers import train_and_register
 
 pytestmark = pytest.mark.integration
@@ -286,7 +287,7 @@ def test_corrupt_artifact_is_refused_before_serving(served: Served, tmp_path: Pa
     broken = tmp_path / "model"
     shutil.copytree(served.model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
-    from mlplatform.deploy import verify_artifact
+    from mlplatform.deploy.artifact import verify_artifact
 
     with pytest.raises(ArtifactInvalid, match="cannot be served"):
         verify_artifact(broken)
@@ -359,7 +360,7 @@ def _serve_command(served: Served, port: int) -> subprocess.Popen[bytes]:
 
 
 def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) -> None:
-    from serving.local import free_port
+    from mlplatform.local.serving import free_port
 
     port = free_port()
     proc = _serve_command(served, port)
@@ -386,7 +387,7 @@ def test_mlplatform_serve_answers_until_sigterm(served: Served, tmp_path: Path) 
 
 def test_sigterm_while_the_servers_start_stops_them_and_leaves_no_process(served: Served) -> None:
     """The signal arrives once both servers were spawned and before they are ready (loading takes seconds)."""
-    from serving.local import free_port
+    from mlplatform.local.serving import free_port
 
     proc = _serve_command(served, free_port())
     parent = psutil.Process(proc.pid)

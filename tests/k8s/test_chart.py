@@ -227,14 +227,15 @@ def _fields(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str
 def test_rollouts_apply_only_fields_the_chart_renders_alike_for_the_same_version(
     profile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`mlplatform deploy` and the rollout controller server-side apply mlplatform.deploy.render_manifest over
+    """`mlplatform deploy` and the rollout controller server-side apply mlplatform.deploy.cluster.render_manifest over
     the chart's InferenceService, with PlatformSettings read from the chart's pipeline-settings ConfigMap.
     Every field they set must hold the value the chart renders for that version and role: then a rollout
     changes the version and nothing the chart decides (transformer, volumes, credentials), and `helm upgrade`
     to the promoted version changes nothing either. tests/k8s/test_rollout_cluster.py merges them."""
-    from mlplatform.deploy import render_manifest, storage_uri
+    from mlplatform.deploy.artifact import storage_uri
+    from mlplatform.deploy.cluster import render_manifest
+    from mlplatform.registry import RegisteredVersion
     from mlplatform.settings import PlatformSettings
-    from mlplatform.tracking import RegisteredVersion
 
     source = "mlflow-artifacts:/1/0123456789abcdef/artifacts/model"  # what the tracking server records
     version = RegisteredVersion("fraud-detector", "3", source, "run", ["champion"], {})

@@ -81,7 +81,7 @@ def test_the_monitor_reads_the_prediction_log_read_only_and_needs_no_api_access(
     monitor = find(docs, "Deployment", "mlplatform-monitor")["spec"]["template"]["spec"]
     assert monitor["automountServiceAccountToken"] is False
     (container,) = monitor["containers"]
-    assert container["command"] == ["python", "-m", "mlplatform.monitor"]
+    assert container["command"] == ["python", "-m", "mlplatform.monitoring.exporter"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "prediction-log")
     assert mount["readOnly"] is True
     volume = next(v for v in monitor["volumes"] if v["name"] == "prediction-log")
@@ -101,7 +101,7 @@ def test_the_webhook_creates_kfp_runs_with_the_token_from_a_secret(render) -> No
     pod = find(docs, "Deployment", "mlplatform-webhook")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "mlplatform.webhook"]
+    assert container["command"] == ["python", "-m", "mlplatform.feedback.webhook"]
     env = {e["name"]: e for e in container["env"]}
     assert env["MLPLATFORM_WEBHOOK_BACKEND"]["value"] == "kfp"
     assert env["MLPLATFORM_WEBHOOK_KFP_HOST"]["value"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"

@@ -16,10 +16,10 @@ import jsonschema
 import pytest
 from kubernetes import client
 
-from mlplatform.deploy import storage_uri
+from mlplatform.deploy.artifact import storage_uri
+from mlplatform.deploy.inferenceservice import ServiceSpec, apply, is_ready, render, wait_ready
 from mlplatform.errors import ConfigError
 from mlplatform.settings import PlatformSettings
-from serving.inferenceservice import ServiceSpec, apply, is_ready, render, wait_ready
 from tests.k8s.crd import validate_custom_resource
 
 pytestmark = pytest.mark.k8s

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from components.train_distributed.step import SHARED_MOUNT_PATH, render_trainjob, trainjob_name
-from mlplatform.model import ModelConfig
-from mlplatform.training import TrainConfig
+from mlplatform.training.loop import TrainConfig
+from mlplatform.training.model import ModelConfig
 from tests.k8s.crd import validate_custom_resource
 
 pytestmark = pytest.mark.k8s
@@ -59,7 +59,7 @@ def test_schema_check_refuses_a_broken_trainjob(corrupt) -> None:
 def test_trainjob_runs_torchrun_with_one_process_per_gpu_on_gpu_nodes() -> None:
     obj = rendered()
     trainer = obj["spec"]["trainer"]
-    assert trainer["command"][:3] == ["torchrun", "-m", "mlplatform.train_ddp"]
+    assert trainer["command"][:3] == ["torchrun", "-m", "mlplatform.training.ddp"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 4
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
     config = json.loads(trainer["command"][trainer["command"].index("--config") + 1])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.local import LocalService
+from mlplatform.local.serving import LocalService
 from tests.reliability.fuzz import Endpoint, Tally
 from tests.reliability.stack import NAME, TOKEN, Stack, serving_stack
 

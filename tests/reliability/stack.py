@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from mlplatform.local.serving import LocalService, free_port, start_local
 from mlplatform.settings import PlatformSettings
-from serving.local import LocalService, free_port, start_local
 
 CONFIG_FILE = "feature_store_redis_postgres.yaml"
 NAME = "fraud-detector"
@@ -118,7 +118,7 @@ class Stack:
             name: Folder name for its logs and prediction log.
             **serving_env: Setting name (e.g. `auth_token`) -> value.
         """
-        from mlplatform.deploy import serving_env as base_env
+        from mlplatform.deploy.cluster import serving_env as base_env
 
         env = base_env(self.settings, self.version)
         env["MLPLATFORM_SERVING_PREDICTION_LOG_DIR"] = str(self.work / name / "predictions")
@@ -162,7 +162,7 @@ def serving_stack(work: Path, n_transactions: int = 5000, max_epochs: int = 1) -
     """
     from components.features.step import run_features
     from components.ingest.step import run_ingest
-    from mlplatform.deploy import deploy
+    from mlplatform.deploy.cluster import deploy
     from tests.helpers import train_and_register
     from tests.integration.conftest import POSTGRES_URL, create_database, drop_database
 

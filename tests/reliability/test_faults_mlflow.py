@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from components.ingest.step import IngestResult
+from mlplatform.local.serving import free_port
 from mlplatform.settings import PlatformSettings
-from serving.local import free_port
 from tests.reliability.stack import Stack, record_result
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_register_step_retries_then_fails_clearly_and_leaves_no_version(
     from mlflow import MlflowClient
 
     from components.register.step import run_register
-    from mlplatform import tracking
+    from mlplatform import registry
 
     settings = PlatformSettings(
         work_dir=tmp_path / "work",
@@ -99,7 +99,7 @@ def test_register_step_retries_then_fails_clearly_and_leaves_no_version(
         mlflow_request_timeout_seconds=5,
         **LAX_GATE,
     )
-    tracking.configure(settings)
+    registry.configure(settings)
     with mlflow.start_run() as run:  # the train step's run: a model artifact on the server
         mlflow.log_artifacts(str(stack.model_dir), "model")
     ingest = IngestResult(rows=1, fraud_rows=0, data_hash="h", start="s", end="e")

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.local import LocalService
+from mlplatform.local.serving import LocalService
 from tests.reliability.stack import TOKEN, Stack, record_result
 
 pytestmark = pytest.mark.integration

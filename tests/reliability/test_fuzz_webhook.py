@@ -1,4 +1,4 @@
-"""Bad input against the Alertmanager webhook receiver (mlplatform.webhook): never a 5xx, a JSON error on every 4xx.
+"""Bad input against the Alertmanager webhook receiver (mlplatform.feedback.webhook): no 5xx, a JSON error per 4xx.
 
 HOOK for webhook endpoints: `_webhook_app` builds the receiver's app; add new routes of the receiver to
 `ROUTES`. The app runs in-process (Starlette's TestClient, the real app and handlers); its launcher is a
@@ -27,7 +27,7 @@ from tests.reliability.fuzz import (
     total_cases,
 )
 
-webhook = pytest.importorskip("mlplatform.webhook", reason="the webhook receiver is not in this checkout")
+webhook = pytest.importorskip("mlplatform.feedback.webhook", reason="the webhook receiver is not in this checkout")
 
 #: POST routes of the receiver fuzzed with generated bodies.
 ROUTES = ["/alerts"]

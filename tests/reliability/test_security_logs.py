@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from serving.local import LocalService
+from mlplatform.local.serving import LocalService
 from tests.reliability.stack import TOKEN, Stack
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mlplatform.canary import CanarySettings, CheckStatus, Decision, StepEvidence, analyse, bin_counts
-from mlplatform.stats import column_stats, ks_of_counts, ks_statistic, psi, psi_of_counts
+from mlplatform.monitoring.stats import column_stats, ks_of_counts, ks_statistic, psi, psi_of_counts
+from mlplatform.rollout.analysis import CheckStatus, Decision, StepEvidence, analyse, bin_counts
+from mlplatform.rollout.settings import CanarySettings
 from serving.metrics import SCORE_BUCKETS
 
 SETTINGS = CanarySettings()
@@ -223,7 +224,7 @@ def test_few_canary_requests_with_shifted_scores_still_roll_back() -> None:
 
 
 def test_pooling_merges_sparse_buckets_and_keeps_totals() -> None:
-    from mlplatform.canary import pool_bins
+    from mlplatform.rollout.analysis import pool_bins
 
     canary = np.array([10.0, 5.0, 1.0, 0.0, 1.0, 3.0])
     stable = np.array([100.0, 40.0, 6.0, 2.0, 1.0, 1.0])
@@ -263,7 +264,7 @@ def _retrained(seed: int, n: int = 2_000) -> np.ndarray:
 def test_a_score_difference_is_explained_when_the_stable_scores_drifted_and_the_canary_matches_its_own():
     """Retrained because the data moved: the old version's scores left its training distribution, the new one
     scores the moved traffic as it scored its own training data. The difference is no reason to roll back."""
-    from mlplatform.canary import ScoreReferences
+    from mlplatform.rollout.analysis import ScoreReferences
 
     references = ScoreReferences(canary=column_stats(_retrained(10, 20_000)), stable=column_stats(fraud_scores(11)))
     canary, stable = evidence(scores=_retrained(12), errors=0), evidence(scores=_retrained(13), errors=0)
@@ -281,7 +282,7 @@ def test_a_score_difference_is_explained_when_the_stable_scores_drifted_and_the_
 def test_shifted_canary_scores_are_not_explained_by_references():
     """A broken canary (scores shifted) leaves its own training distribution: still rolled back. Two versions
     that each match their own training scores but disagree on the same traffic are rolled back too."""
-    from mlplatform.canary import ScoreReferences
+    from mlplatform.rollout.analysis import ScoreReferences
 
     references = ScoreReferences(canary=column_stats(fraud_scores(20, 20_000)), stable=column_stats(fraud_scores(21)))
     shifted = evidence(scores=fraud_scores(22, shift=0.3), errors=0)
@@ -297,7 +298,7 @@ def test_shifted_canary_scores_are_not_explained_by_references():
 
 
 def test_reference_counts_follow_the_reference_cdf_on_the_live_buckets():
-    from mlplatform.canary import reference_counts
+    from mlplatform.rollout.analysis import reference_counts
 
     ref = column_stats(np.random.default_rng(3).uniform(0, 1, 50_000))
     counts = reference_counts(ref, [0.25, 0.5, 1.0, float("inf")])

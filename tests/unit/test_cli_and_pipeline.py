@@ -73,7 +73,7 @@ def test_parameters_are_validated_with_clear_messages() -> None:
 
 
 def test_the_default_warm_up_is_the_aggregate_window() -> None:
-    from mlplatform.features import MERCHANT_WINDOW_DAYS
+    from mlplatform.features.compute import MERCHANT_WINDOW_DAYS
 
     assert DEFAULTS.warmup_days == MERCHANT_WINDOW_DAYS
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mlplatform import dashboards
+from mlplatform.monitoring import dashboards
 
 #: What issue 5 asks the dashboards to show, by file.
 REQUIRED = {
@@ -24,7 +24,7 @@ REQUIRED = {
 def test_committed_dashboards_are_the_generated_ones(folder) -> None:
     expected = dashboards.render()
     committed = {p.name: p.read_text() for p in folder.glob("*.json")}
-    assert committed == expected, f"{folder} is stale: run `python -m mlplatform.dashboards`"
+    assert committed == expected, f"{folder} is stale: run `python -m mlplatform.monitoring.dashboards`"
 
 
 def test_every_required_dashboard_exists_with_unique_uids_and_panel_ids() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlplatform.datagen import CATEGORIES, TRANSACTION_COLUMNS, GeneratorConfig, generate_transactions
+from mlplatform.data.generator import CATEGORIES, TRANSACTION_COLUMNS, GeneratorConfig, generate_transactions
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlplatform.datagen import GeneratorConfig, generate_transactions
-from mlplatform.features import (
+from mlplatform.data.generator import GeneratorConfig, generate_transactions
+from mlplatform.features.compute import (
     CUSTOMER_FRESHNESS_S,
     FEATURE_DEFAULTS,
     LABEL_MATURITY_DAYS,

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlplatform.evaluation import binary_metrics
-from mlplatform.features import MODEL_FEATURES, ON_DEMAND_FEATURES, model_input, on_demand_features
-from mlplatform.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_model, predict_proba, save_model
-from mlplatform.training import TrainConfig, train_model
+from mlplatform.features.compute import MODEL_FEATURES, ON_DEMAND_FEATURES, model_input, on_demand_features
+from mlplatform.training.evaluation import binary_metrics
+from mlplatform.training.loop import TrainConfig, train_model
+from mlplatform.training.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_model, predict_proba, save_model
 from tests.conftest import Prepared
 
 FAST = TrainConfig(max_epochs=8, batch_size=512, seed=3)

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mlplatform.cli import app
-from mlplatform.features import MODEL_FEATURES
-from mlplatform.model import ModelConfig, build_model, save_model
-from mlplatform.stats import reference_stats
-from serving.prediction_log import PredictionLog
+from mlplatform.features.compute import MODEL_FEATURES
+from mlplatform.monitoring.prediction_log import PredictionLog
+from mlplatform.monitoring.stats import reference_stats
+from mlplatform.training.model import ModelConfig, build_model, save_model
 
 END = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 runner = CliRunner()
@@ -133,8 +133,8 @@ def test_window_end_must_be_a_time(log_dir: Path, tmp_path: Path) -> None:
 
 
 def test_emit_labels_writes_the_labels_of_served_transactions_known_by_then(tmp_path: Path) -> None:
-    from mlplatform.datagen import GeneratorConfig, generate_transactions
-    from mlplatform.labels import read_labels
+    from mlplatform.data.generator import GeneratorConfig, generate_transactions
+    from mlplatform.data.labels import read_labels
 
     raw = generate_transactions(GeneratorConfig(n_transactions=1_000, n_days=5, seed=3))
     raw.to_parquet(tmp_path / "raw.parquet")
@@ -161,7 +161,7 @@ def test_emit_labels_writes_the_labels_of_served_transactions_known_by_then(tmp_
 
 
 def test_process_entry_point_takes_no_arguments_and_lists_its_variables(capsys: pytest.CaptureFixture[str]) -> None:
-    from mlplatform.monitor import main
+    from mlplatform.monitoring.exporter import main
 
     with pytest.raises(SystemExit) as done:
         main(["--help"])

@@ -12,27 +12,18 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mlplatform.features import MODEL_FEATURES
-from mlplatform.labels import Label
-from mlplatform.model import ModelConfig, build_model, save_model
-from mlplatform.monitor import (
-    GAUGES,
-    PSI_ALERT,
-    Monitor,
-    MonitorCollector,
-    MonitorSettings,
-    ReferenceResolver,
-    Window,
-    evaluate,
-    feature_drift,
-    live_columns,
-    load_predictions,
-    metric_samples,
-    missing_rate,
-)
+from mlplatform.data.labels import Label
+from mlplatform.features.compute import MODEL_FEATURES
+from mlplatform.monitoring.drift import PSI_ALERT, Window, feature_drift, live_columns, missing_rate
+from mlplatform.monitoring.exporter import GAUGES, Monitor, MonitorCollector, metric_samples
+from mlplatform.monitoring.prediction_log import PredictionLog
+from mlplatform.monitoring.predictions import load_predictions
+from mlplatform.monitoring.references import ReferenceResolver
+from mlplatform.monitoring.settings import MonitorSettings
+from mlplatform.monitoring.stats import column_stats, reference_stats, standardized_mean_difference
+from mlplatform.monitoring.windows import evaluate
 from mlplatform.settings import PlatformSettings
-from mlplatform.stats import column_stats, reference_stats, standardized_mean_difference
-from serving.prediction_log import PredictionLog
+from mlplatform.training.model import ModelConfig, build_model, save_model
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

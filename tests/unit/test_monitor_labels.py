@@ -9,16 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlplatform.datagen import GeneratorConfig, generate_transactions
-from mlplatform.labels import (
-    Label,
-    LabelFeedError,
-    emit_labels,
-    join_labels,
-    read_labels,
-    write_labels,
-)
-from mlplatform.monitor import quality_of
+from mlplatform.data.generator import GeneratorConfig, generate_transactions
+from mlplatform.data.labels import Label, LabelFeedError, emit_labels, join_labels, read_labels, write_labels
+from mlplatform.monitoring.drift import quality_of
 
 
 @pytest.fixture(scope="module")

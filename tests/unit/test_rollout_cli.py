@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mlplatform import tracking
+from mlplatform import registry
 from mlplatform.cli import app
-from mlplatform.rollout import ControlFile
-from mlplatform.rollout_backends import report_root
+from mlplatform.rollout.backends import report_root
+from mlplatform.rollout.controller import ControlFile
 from mlplatform.settings import PlatformSettings
 
 runner = CliRunner()
@@ -24,9 +24,9 @@ NAME = "fraud-detector"
 def work(mlflow_work_dir: Path) -> Path:
     """A registry with version 1 (champion) and version 2 (challenger)."""
     settings = PlatformSettings(work_dir=mlflow_work_dir)
-    tracking.configure(settings)
+    registry.configure(settings)
     for _ in range(2):
-        tracking.register_version(NAME, (mlflow_work_dir / "model").as_uri(), None, {}, [])  # type: ignore[arg-type]
+        registry.register_version(NAME, (mlflow_work_dir / "model").as_uri(), None, {}, [])  # type: ignore[arg-type]
     return mlflow_work_dir
 
 
@@ -41,24 +41,24 @@ def test_status_shows_the_aliases_and_that_no_rollout_ran(work: Path) -> None:
 def test_record_only_promote_moves_the_aliases_and_tags_the_version(work: Path) -> None:
     result = runner.invoke(app, ["rollout", "promote", "--record-only", "--work-dir", str(work)])
     assert result.exit_code == 0, result.output
-    assert tracking.get_alias(NAME, "champion").version == "2"
-    assert tracking.get_alias(NAME, "previous").version == "1"
-    assert tracking.get_alias(NAME, "challenger") is None
-    assert tracking.get_version(NAME, "2").tags["rollout.outcome"] == "promoted"
+    assert registry.get_alias(NAME, "champion").version == "2"
+    assert registry.get_alias(NAME, "previous").version == "1"
+    assert registry.get_alias(NAME, "challenger") is None
+    assert registry.get_version(NAME, "2").tags["rollout.outcome"] == "promoted"
 
 
 def test_record_only_rollback_retires_the_challenger_and_keeps_the_champion(work: Path) -> None:
     result = runner.invoke(app, ["rollout", "rollback", "--record-only", "--work-dir", str(work)])
     assert result.exit_code == 0, result.output
-    assert tracking.get_alias(NAME, "champion").version == "1"
-    assert tracking.get_alias(NAME, "challenger") is None
+    assert registry.get_alias(NAME, "champion").version == "1"
+    assert registry.get_alias(NAME, "challenger") is None
 
 
 def test_a_local_decision_without_a_running_rollout_is_refused_clearly(work: Path) -> None:
     result = runner.invoke(app, ["rollout", "promote", "--work-dir", str(work)])
     assert result.exit_code == 2
     assert "no local rollout is running" in result.output and "--record-only" in result.output
-    assert tracking.get_alias(NAME, "champion").version == "1"  # nothing moved
+    assert registry.get_alias(NAME, "champion").version == "1"  # nothing moved
 
 
 def test_a_local_decision_goes_to_the_running_controller_through_the_control_file(work: Path) -> None:
@@ -98,7 +98,7 @@ def test_bad_rollout_options_exit_2_naming_what_was_wrong(work: Path, args: list
 def test_run_prints_the_rollout_report_of_the_deploy_step(capsys: pytest.CaptureFixture[str]) -> None:
     """`mlplatform run` (and so `make run`) shows the pipeline's rollout report from its JSON summary."""
     from mlplatform.cli import print_deployment
-    from mlplatform.rollout import RolloutReport, StepRecord
+    from mlplatform.rollout.report import RolloutReport, StepRecord
 
     report = RolloutReport("r1", NAME, "1", "2", "local", "PrometheusEvidence", [10, 100], {}, "t0", outcome="promoted")
     report.steps.append(StepRecord(10, "t0", decision="promote_step", analyses=3))

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from mlplatform.canary import CanarySettings, StepEvidence
-from mlplatform.evidence import EvidenceUnavailable, parse_scrape
-from mlplatform.rollout import ControlFile, Controller, RolloutError, RolloutMetrics
-from mlplatform.stats import histogram_quantile
+from mlplatform.monitoring.stats import histogram_quantile
+from mlplatform.rollout.analysis import StepEvidence
+from mlplatform.rollout.controller import ControlFile, Controller, RolloutError, RolloutMetrics
+from mlplatform.rollout.evidence import EvidenceUnavailable, parse_scrape
+from mlplatform.rollout.settings import CanarySettings
 
 SCORE_BUCKETS = tuple((round(0.05 * i, 2), 0.0) for i in range(1, 21))
 

@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from safetensors.torch import load_file, save_file
 
-from mlplatform.features import MODEL_FEATURES, model_input, on_demand_features
-from mlplatform.model import WEIGHTS_FILE, ModelConfig, build_model, save_model
+from mlplatform.features.compute import MODEL_FEATURES, model_input, on_demand_features
+from mlplatform.monitoring.prediction_log import PredictionLog, read_records
+from mlplatform.training.model import WEIGHTS_FILE, ModelConfig, build_model, save_model
 from serving.errors import InvalidRequest
 from serving.metrics import ServingMetrics
-from serving.prediction_log import PredictionLog, read_records
 from serving.predictor import FraudPredictor, fallback_score
 from serving.schema import Transaction, parse_v1, parse_v2_columns
 from serving.settings import ServingSettings
@@ -92,14 +92,14 @@ def test_online_assembly_matches_the_offline_feature_code(prepared) -> None:
     cols = assemble_features(txs, online)
     offline = frame.copy()
     offline[list(on_demand_features(frame).columns)] = on_demand_features(frame)
-    from mlplatform.features import model_input_arrays
+    from mlplatform.features.compute import model_input_arrays
 
     np.testing.assert_array_equal(model_input_arrays(cols), model_input(offline))
 
 
 def test_store_failure_assembles_default_features() -> None:
     cols = assemble_features([Transaction(1, 2, 50.0, 1770682200.0)], None)
-    from mlplatform.features import FEATURE_DEFAULTS, model_input_arrays
+    from mlplatform.features.compute import FEATURE_DEFAULTS, model_input_arrays
 
     row = dict(zip(MODEL_FEATURES, model_input_arrays(cols)[0], strict=True))
     assert row["merchant_fraud_rate_30d"] == pytest.approx(FEATURE_DEFAULTS["merchant_fraud_rate_30d"])

@@ -12,9 +12,9 @@ import pytest
 from components.ingest.step import content_hash, run_ingest
 from components.training_set.step import time_split
 from components.validate.step import ValidationRules, run_validate
-from mlplatform import tracking
+from mlplatform import registry
 from mlplatform.errors import ConfigError, DataValidationError, PromotionRejected
-from mlplatform.features import MODEL_FEATURES
+from mlplatform.features.compute import MODEL_FEATURES
 from mlplatform.settings import PlatformSettings
 from tests.conftest import Prepared
 
@@ -109,8 +109,8 @@ def test_validation_failure_names_column_and_rule(prepared: Prepared, tmp_path: 
 
 
 def test_validation_flags_drift_against_the_champion_reference(prepared: Prepared, tmp_path: Path) -> None:
-    from mlplatform.features import model_input
-    from mlplatform.stats import reference_stats
+    from mlplatform.features.compute import model_input
+    from mlplatform.monitoring.stats import reference_stats
 
     ref = reference_stats(model_input(prepared.frame("train")), MODEL_FEATURES)
     assert run_validate(prepared.splits, ref).feature_psi["amount_log"] < 0.05
@@ -133,42 +133,42 @@ def test_gate_reasons() -> None:
         gate_min_roc_auc=0.8, gate_min_pr_auc=0.3, gate_min_baseline_ratio=1.2, gate_max_regression=0.02
     )
     good = {"roc_auc": 0.95, "pr_auc": 0.7}
-    assert tracking.gate_reasons(good, 0.3, None, s) == []
-    assert tracking.gate_reasons(good, 0.3, 0.71, s) == []
-    assert any("regresses" in r for r in tracking.gate_reasons(good, 0.3, 0.75, s))
-    assert any("rule baseline" in r for r in tracking.gate_reasons(good, 0.6, None, s))
-    assert len(tracking.gate_reasons({"roc_auc": 0.5, "pr_auc": 0.1}, 0.3, None, s)) == 3
-    assert tracking.gate_reasons({"roc_auc": float("nan"), "pr_auc": float("nan")}, 0.1, None, s)
+    assert registry.gate_reasons(good, 0.3, None, s) == []
+    assert registry.gate_reasons(good, 0.3, 0.71, s) == []
+    assert any("regresses" in r for r in registry.gate_reasons(good, 0.3, 0.75, s))
+    assert any("rule baseline" in r for r in registry.gate_reasons(good, 0.6, None, s))
+    assert len(registry.gate_reasons({"roc_auc": 0.5, "pr_auc": 0.1}, 0.3, None, s)) == 3
+    assert registry.gate_reasons({"roc_auc": float("nan"), "pr_auc": float("nan")}, 0.1, None, s)
 
 
 @pytest.fixture()
 def sqlite_mlflow(mlflow_work_dir: Path) -> PlatformSettings:
     settings = PlatformSettings(work_dir=mlflow_work_dir)
-    tracking.configure(settings)
+    registry.configure(settings)
     return settings
 
 
 def _model_run(settings: PlatformSettings) -> tuple[str, str]:
-    with mlflow.start_run(experiment_id=tracking.configure(settings)) as run:
+    with mlflow.start_run(experiment_id=registry.configure(settings)) as run:
         mlflow.log_text("weights", "model/model.safetensors")
     return run.info.run_id, f"{run.info.artifact_uri}/model"
 
 
 def test_first_version_becomes_champion_and_later_ones_challenger(sqlite_mlflow: PlatformSettings) -> None:
     run_id, source = _model_run(sqlite_mlflow)
-    v1 = tracking.register_version("m", source, run_id, {"data_hash": "x"}, [])
-    v2 = tracking.register_version("m", source, run_id, {"data_hash": "y"}, [])
+    v1 = registry.register_version("m", source, run_id, {"data_hash": "x"}, [])
+    v2 = registry.register_version("m", source, run_id, {"data_hash": "y"}, [])
     assert set(v1.aliases) == {"champion", "challenger"} and v2.aliases == ["challenger"]
-    assert tracking.get_alias("m", "champion").version == "1"
-    assert tracking.get_alias("m", "challenger").version == "2"
-    assert tracking.get_alias("m", "champion").tags["data_hash"] == "x"
-    assert tracking.get_alias("nope", "champion") is None
+    assert registry.get_alias("m", "champion").version == "1"
+    assert registry.get_alias("m", "challenger").version == "2"
+    assert registry.get_alias("m", "champion").tags["data_hash"] == "x"
+    assert registry.get_alias("nope", "champion") is None
 
 
 def test_rejected_model_writes_nothing(sqlite_mlflow: PlatformSettings) -> None:
     run_id, source = _model_run(sqlite_mlflow)
     with pytest.raises(PromotionRejected, match="below"):
-        tracking.register_version("m", source, run_id, {}, ["test PR-AUC 0.1 is below the minimum 0.3"])
+        registry.register_version("m", source, run_id, {}, ["test PR-AUC 0.1 is below the minimum 0.3"])
     assert mlflow.MlflowClient().search_model_versions("name='m'") == []
 
 
@@ -180,7 +180,7 @@ def test_failed_alias_write_leaves_no_half_registered_version(sqlite_mlflow: Pla
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", boom)
     with pytest.raises(RuntimeError, match="went away"):
-        tracking.register_version("m", source, run_id, {}, [])
+        registry.register_version("m", source, run_id, {}, [])
     assert mlflow.MlflowClient().search_model_versions("name='m'") == []
 
 
@@ -199,32 +199,32 @@ def test_a_version_left_pending_by_a_registry_outage_is_removed_by_the_next_regi
         outage.setattr(mlflow.MlflowClient, "set_registered_model_alias", down)
         outage.setattr(mlflow.MlflowClient, "delete_model_version", down)
         with pytest.raises(RuntimeError, match="went away"):
-            tracking.register_version("m", source, run_id, {}, [])
+            registry.register_version("m", source, run_id, {}, [])
     [left] = client.search_model_versions("name='m'")
-    assert left.tags.get(tracking.REGISTRATION_PENDING_TAG) == "true" and not left.aliases
+    assert left.tags.get(registry.REGISTRATION_PENDING_TAG) == "true" and not left.aliases
     # a pending version younger than the grace period may be a registration in progress: left alone
-    assert tracking.remove_abandoned_registrations("m") == []
-    registered = tracking.register_version("m", source, run_id, {}, [], abandoned_after_seconds=0.0)
+    assert registry.remove_abandoned_registrations("m") == []
+    registered = registry.register_version("m", source, run_id, {}, [], abandoned_after_seconds=0.0)
     assert [str(v.version) for v in client.search_model_versions("name='m'")] == [registered.version]
     assert set(registered.aliases) == {"champion", "challenger"}
-    assert tracking.REGISTRATION_PENDING_TAG not in client.get_model_version("m", registered.version).tags
+    assert registry.REGISTRATION_PENDING_TAG not in client.get_model_version("m", registered.version).tags
 
 
 def test_a_pending_version_that_got_its_aliases_is_kept_and_untagged(sqlite_mlflow: PlatformSettings) -> None:
     """Aliases set, then the registry failed before the tag removal: the version may be serving; never deleted."""
     run_id, source = _model_run(sqlite_mlflow)
     client = mlflow.MlflowClient()
-    registered = tracking.register_version("m", source, run_id, {}, [])
-    client.set_model_version_tag("m", registered.version, tracking.REGISTRATION_PENDING_TAG, "true")
-    assert tracking.remove_abandoned_registrations("m", older_than_seconds=0.0) == []
+    registered = registry.register_version("m", source, run_id, {}, [])
+    client.set_model_version_tag("m", registered.version, registry.REGISTRATION_PENDING_TAG, "true")
+    assert registry.remove_abandoned_registrations("m", older_than_seconds=0.0) == []
     kept = client.get_model_version("m", registered.version)
     assert set(kept.aliases) == {"champion", "challenger"}
-    assert tracking.REGISTRATION_PENDING_TAG not in kept.tags
+    assert registry.REGISTRATION_PENDING_TAG not in kept.tags
 
 
 def test_features_applied_twice_in_one_process_read_each_runs_own_sources(tmp_path: Path) -> None:
     from components.features.step import run_features
-    from mlplatform import featurestore
+    from mlplatform.features import store as featurestore
 
     for run in ("a", "b"):
         settings = PlatformSettings(work_dir=tmp_path / run)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlplatform.model import ModelConfig, load_model
-from mlplatform.train_ddp import RESULT_FILE, main, save_training_data
-from mlplatform.training import TrainConfig, load_checkpoint, train_model
+from mlplatform.training.ddp import RESULT_FILE, main, save_training_data
+from mlplatform.training.loop import TrainConfig, load_checkpoint, train_model
+from mlplatform.training.model import ModelConfig, load_model
 
 REPO = Path(__file__).resolve().parents[2]
 # Dropout off: with it each rank draws its own masks, a legitimate difference from one process. Without
@@ -45,7 +45,7 @@ def torchrun(tmp_path: Path, nproc: int, config: TrainConfig) -> Path:
     out = tmp_path / f"model-{nproc}"
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"),
-        *("-m", "mlplatform.train_ddp", "--data", str(npz), "--output", str(out)),
+        *("-m", "mlplatform.training.ddp", "--data", str(npz), "--output", str(out)),
         *("--checkpoint-dir", str(tmp_path / "ckpt"), "--config", json.dumps(asdict(config))),
         *("--hidden-units", *map(str, MODEL.hidden_units), "--dropout", str(MODEL.dropout)),
     ]

@@ -28,9 +28,9 @@ from components.train_distributed.step import (
     render_trainjob,
     run_train_distributed,
 )
-from mlplatform.model import ModelConfig, load_model
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import TrainConfig
+from mlplatform.training.loop import TrainConfig
+from mlplatform.training.model import ModelConfig, load_model
 from tests.conftest import Prepared
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ def torchrun_controller(shared_root: Path) -> Callable[[dict, int], None]:
         if obj.get("status"):
             return
         trainer = obj["spec"]["trainer"]
-        assert trainer["command"][:3] == ["torchrun", "-m", "mlplatform.train_ddp"]
+        assert trainer["command"][:3] == ["torchrun", "-m", "mlplatform.training.ddp"]
         args = [a.replace(SHARED_MOUNT_PATH, str(shared_root)) for a in trainer["command"][1:]]
         nproc = trainer["numNodes"] * trainer["numProcPerNode"]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 import components.train.step as train_step
 from components.train.step import MLFLOW_RUN_FILE, run_train
-from mlplatform.model import WEIGHTS_FILE
 from mlplatform.settings import PlatformSettings
-from mlplatform.training import EpochResult, TrainConfig
+from mlplatform.training.loop import EpochResult, TrainConfig
+from mlplatform.training.model import WEIGHTS_FILE
 from tests.conftest import Prepared
 
 CONFIG = TrainConfig(max_epochs=4, batch_size=512, seed=3, patience=10, checkpoint_interval_seconds=0)

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import mlplatform.training as training
-from mlplatform.model import ModelConfig
-from mlplatform.training import (
+import mlplatform.training.loop as training
+from mlplatform.training.loop import (
     CHECKPOINT_FILE,
     CheckpointMismatchError,
     EpochResult,
@@ -24,6 +23,7 @@ from mlplatform.training import (
     load_checkpoint,
     train_model,
 )
+from mlplatform.training.model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 # Dropout on and a per-step cosine schedule: resuming must restore the RNG streams and the scheduler.
@@ -164,7 +164,7 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import numpy as np
-    from mlplatform.training import train_model
+    from mlplatform.training.loop import train_model
     from tests.unit.test_training_checkpoint import CONFIG, MODEL
 
     data = np.load(sys.argv[1])

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlplatform.model import ModelConfig, load_model
-from mlplatform.train_ddp import RESULT_FILE, save_training_data
-from mlplatform.training import EpochResult, TrainConfig, load_checkpoint, train_model
+from mlplatform.training.ddp import RESULT_FILE, save_training_data
+from mlplatform.training.loop import EpochResult, TrainConfig, load_checkpoint, train_model
+from mlplatform.training.model import ModelConfig, load_model
 
 # Deterministic cuBLAS needs its workspace fixed before the first cuBLAS call of the process.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -103,7 +103,7 @@ def test_torchrun_entry_point_trains_with_nccl(tmp_path: Path, data) -> None:
     npz = save_training_data(tmp_path / "data.npz", arrays, MODEL.feature_names)
     cmd = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"),
-        *("-m", "mlplatform.train_ddp", "--data", str(npz), "--output", str(tmp_path / "model")),
+        *("-m", "mlplatform.training.ddp", "--data", str(npz), "--output", str(tmp_path / "model")),
         *("--checkpoint-dir", str(tmp_path / "ckpt"), "--config", json.dumps(asdict(replace(CONFIG, max_epochs=2)))),
         *("--hidden-units", "256", "256"),
     ]

@@ -22,17 +22,10 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from mlplatform.errors import ConfigError
+from mlplatform.feedback.launchers import FunctionLauncher, KfpLauncher, LocalLauncher
+from mlplatform.feedback.webhook import Retrainer, WebhookSettings, create_app, parse_payload
 from mlplatform.params import PipelineParams, trigger_tags
 from mlplatform.settings import PlatformSettings
-from mlplatform.webhook import (
-    FunctionLauncher,
-    KfpLauncher,
-    LocalLauncher,
-    Retrainer,
-    WebhookSettings,
-    create_app,
-    parse_payload,
-)
 
 DRIFT = "MlplatformFeatureDrift"
 

@@ -1,0 +1,1 @@
+"""Features shared by training and serving (batch aggregates, request-time features) and Feast access."""

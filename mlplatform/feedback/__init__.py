@@ -1,0 +1,1 @@
+"""The feedback loop: the Alertmanager webhook that starts retraining, and its run launchers."""

@@ -1,0 +1,1 @@
+"""Localhost stand-ins for a cluster: serving processes, traffic splitter, Prometheus, traffic generator."""

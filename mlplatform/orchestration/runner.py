@@ -1,0 +1,150 @@
+"""Running the training pipeline: locally with kfp.local, or on a Kubeflow Pipelines endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlplatform.params import PipelineParams
+from mlplatform.settings import PlatformSettings
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The commit of the working tree, None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """Result of a local pipeline run."""
+
+    summary: dict[str, Any]
+    pipeline_root: Path
+    settings: PlatformSettings
+
+
+def run_local(params: PipelineParams, settings: PlatformSettings) -> LocalRun:
+    """Run the training pipeline with kfp.local, each step a subprocess in this Python environment.
+
+    The components read their settings from MLPLATFORM_* variables, so the settings in force here
+    are exported to them (work dir as an absolute path, the git commit for lineage).
+    """
+    from kfp import local
+
+    from pipelines.training import training_pipeline
+
+    work_dir = settings.resolved_work_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    env = {f"MLPLATFORM_{k.upper()}": str(v) for k, v in settings.model_dump(exclude_none=True).items()}
+    env["MLPLATFORM_WORK_DIR"] = str(work_dir)
+    env.setdefault("MLPLATFORM_GIT_COMMIT", git_commit() or "unknown")
+    os.environ.update(env)
+    if settings.deploy_target == "local":
+        from mlplatform.rollout.settings import LOCAL_PROFILE
+
+        for key, value in LOCAL_PROFILE.items():
+            os.environ.setdefault(key, value)
+    pipeline_root = work_dir / "kfp"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        raise_on_error=True,
+    )
+    task = training_pipeline(**params.model_dump())
+    return LocalRun(json.loads(task.output), pipeline_root, settings.model_copy(update={"work_dir": work_dir}))
+
+
+def submit(
+    host: str,
+    package: Path,
+    params: PipelineParams,
+    experiment: str,
+    run_name: str | None,
+    client: Any | None = None,
+) -> str:
+    """Create a run of a compiled pipeline on a Kubeflow Pipelines endpoint; returns the run id.
+
+    Args:
+        client: A `kfp.Client` to reuse; one for `host` is made otherwise.
+    """
+    import kfp
+
+    client = client or kfp.Client(host=host)
+    result = client.create_run_from_pipeline_package(
+        str(package),
+        arguments=params.model_dump(),
+        run_name=run_name,
+        experiment_name=experiment,
+    )
+    return result.run_id
+
+
+#: KFP's cron format (robfig/cron with seconds): second minute hour day-of-month month day-of-week.
+CRON_FIELDS = 6
+
+
+def schedule(
+    host: str,
+    package: Path,
+    params: PipelineParams,
+    experiment: str,
+    job_name: str,
+    cron: str,
+    max_concurrency: int = 1,
+    client: Any | None = None,
+) -> str:
+    """Create a recurring run (scheduled retraining) of a compiled pipeline on Kubeflow Pipelines.
+
+    Args:
+        host: KFP API endpoint.
+        package: Compiled pipeline YAML.
+        params: Run parameters; `trigger` should be "schedule".
+        experiment: Experiment the recurring run and its runs are filed under (created when missing).
+        job_name: Name of the recurring run.
+        cron: Six-field KFP cron expression, e.g. "0 0 3 * * *" (03:00 every day).
+        max_concurrency: Runs of this schedule that may run at once.
+        client: A `kfp.Client` to reuse; one for `host` is made otherwise.
+
+    Returns:
+        The recurring run id.
+
+    Raises:
+        ConfigError: The cron expression does not have six fields.
+    """
+    import kfp
+
+    from mlplatform.errors import ConfigError
+
+    if len(cron.split()) != CRON_FIELDS:
+        raise ConfigError(
+            f"cron {cron!r} has {len(cron.split())} fields; Kubeflow Pipelines expects six "
+            "(second minute hour day-of-month month day-of-week), e.g. '0 0 3 * * *' for 03:00 every day"
+        )
+    client = client or kfp.Client(host=host)
+    experiment_id = client.create_experiment(name=experiment).experiment_id
+    recurring = client.create_recurring_run(
+        experiment_id=experiment_id,
+        job_name=job_name,
+        description=f"Scheduled retraining ({cron}), trigger={params.trigger}",
+        cron_expression=cron,
+        max_concurrency=max_concurrency,
+        no_catchup=True,
+        params=params.model_dump(),
+        pipeline_package_path=str(package),
+    )
+    return str(recurring.recurring_run_id)

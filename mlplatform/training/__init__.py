@@ -1,0 +1,1 @@
+"""Training: the model, the PyTorch loop (single process and data-parallel) and evaluation."""
