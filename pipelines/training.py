@@ -12,6 +12,8 @@ from components.train.component import train
 from components.training_set.component import training_set
 from components.validate.component import validate_data
 from mlplatform.params import DEFAULTS
+from mlplatform.rollout.settings import CanarySettings
+from mlplatform.settings import PlatformSettings
 
 PIPELINE_NAME = "fraud-training"
 #: Node label and taint of the GPU nodes the train task runs on (kind-config.yaml sets them too).
@@ -25,8 +27,6 @@ SETTINGS_CONFIG_MAP = "mlplatform-pipeline-settings"
 
 def settings_env_names() -> list[str]:
     """Every MLPLATFORM_* variable the components' settings classes read."""
-    from mlplatform.rollout.settings import CanarySettings
-    from mlplatform.settings import PlatformSettings
 
     return [f"MLPLATFORM_{name.upper()}" for name in PlatformSettings.model_fields] + [
         f"MLPLATFORM_CANARY_{name.upper()}" for name in CanarySettings.model_fields

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.app import serve
 from serving.metrics import ServingMetrics
 from serving.predictor import FraudPredictor, build_parser
 from serving.settings import ServingSettings
@@ -74,7 +75,6 @@ class FaultyPredictor(FraudPredictor):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the predictor's flags, plus MLPLATFORM_FAULT_* variables."""
-    from serving.app import serve
 
     args = build_parser().parse_args(argv)
     settings = ServingSettings()

@@ -23,6 +23,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model, model_server
 from kserve.errors import InvalidInput
 
 from mlplatform.training.model import ModelConfig, load_model
+from serving.app import serve
 from serving.errors import InvalidRequest
 from serving.metrics import ServingMetrics
 from serving.settings import ServingSettings
@@ -173,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `python -m serving.predictor --model_name fraud-detector --model_dir /mnt/models`."""
-    from serving.app import serve
 
     args = build_parser().parse_args(argv)
     settings = ServingSettings()

@@ -35,6 +35,7 @@ from mlplatform.features.compute import (
     on_demand_arrays,
 )
 from mlplatform.monitoring.prediction_log import PredictionLog
+from serving.app import serve
 from serving.errors import InvalidRequest, ServiceUnavailable
 from serving.metrics import ServingMetrics
 from serving.schema import Transaction, parse_v1, parse_v2_columns
@@ -113,7 +114,10 @@ class FraudTransformer(Model):
     def load(self) -> bool:
         """Open the feature store and the prediction log."""
         if self.store is None:
-            from mlplatform.features.store import default_repo_path, open_store
+            from mlplatform.features.store import (  # feast: seconds to import, only when used
+                default_repo_path,
+                open_store,
+            )
 
             repo = self.settings.feast_repo_path or default_repo_path()
             data_dir = self.settings.feast_data_dir or repo
@@ -356,7 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `python -m serving.transformer --model_name fraud-detector --predictor_host HOST:PORT`."""
-    from serving.app import serve
 
     args = build_parser().parse_args(argv)
     if not args.predictor_host:

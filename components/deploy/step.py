@@ -1,7 +1,7 @@
 """Deploy-canary + analyse: the registered version earns production through a canary rollout, or is rolled back.
 
 The first version of a model has nothing to be compared with and is deployed as the champion. A later
-version (alias `challenger`) is rolled out against the champion by `mlplatform.rollout.controller.Controller`: on a
+version (alias `challenger`) is rolled out against the champion by `mlplatform.rollout.start.run_rollout`: on a
 cluster the InferenceService's canary traffic moves step by step, judged on Prometheus; locally the
 champion and the challenger are served behind the splitter while recent transactions are replayed
 through it (locally nothing else calls the endpoint), judged on the same metrics.
@@ -13,7 +13,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlplatform import registry
+from mlplatform.deploy.artifact import resolve
+from mlplatform.deploy.cluster import deploy
+from mlplatform.deploy.inferenceservice import NotInstalled
 from mlplatform.rollout.settings import CanarySettings
+from mlplatform.rollout.start import run_rollout
 from mlplatform.settings import PlatformSettings
 
 
@@ -59,17 +64,11 @@ def run_deploy_canary(
         mlplatform.rollout.controller.RolloutError: The rollout could not run or its outcome could not be recorded.
         mlplatform.deploy.artifact.ArtifactInvalid: The version's artifact cannot be served (nothing got traffic).
     """
-    from mlplatform import registry
-    from mlplatform.deploy.artifact import resolve
-    from mlplatform.deploy.cluster import deploy
-
     if not registered:
         return DeployOutcome("nothing", reason="no version was registered in this run")
     canary_settings = canary_settings or CanarySettings()
     champion = resolve(settings, registry.CHAMPION)
     if champion.version == str(version):
-        from mlplatform.deploy.inferenceservice import NotInstalled
-
         try:
             result = deploy(settings, registry.CHAMPION)
         except NotInstalled as exc:
@@ -84,59 +83,15 @@ def run_deploy_canary(
             f"first version of {settings.registered_model_name}: deployed as champion ({result.target})",
         )
     challenger = registry.get_version(settings.registered_model_name, str(version))
-    report = _roll_out(settings, canary_settings, champion, challenger, log)
+    report = run_rollout(
+        settings,
+        canary_settings,
+        champion,
+        challenger,
+        log=log,
+        replay_seed=int(challenger.version),
+        serve_metrics=True,
+    )
     return DeployOutcome(
         "rollout", str(version), report.outcome, report.reason, json.loads(report.to_json()), report.to_markdown()
     )
-
-
-def _roll_out(
-    settings: PlatformSettings,
-    canary_settings: CanarySettings,
-    champion: Any,
-    challenger: Any,
-    log: Any,
-) -> Any:
-    from mlplatform.rollout.backends import ClusterBackend, LocalBackend, report_root
-    from mlplatform.rollout.controller import ControlFile, Controller, MlflowRecorder
-
-    root = report_root(settings)
-    common = {"recorder": MlflowRecorder(settings.registered_model_name), "log": log}
-    if settings.deploy_target == "cluster":
-        backend = ClusterBackend(settings, canary_settings, champion, challenger)
-        controller = Controller(
-            backend,
-            canary_settings,
-            settings.registered_model_name,
-            champion.version,
-            challenger.version,
-            root,
-            **common,
-        )
-        return _with_metrics(controller, canary_settings).run()
-
-    from mlplatform.local.traffic import TrafficGenerator, sample_transactions
-
-    with LocalBackend(settings, canary_settings, champion, challenger) as backend:
-        transactions = sample_transactions(settings, 2_000, seed=int(challenger.version))
-        with TrafficGenerator(backend.predict_url, transactions, rps=canary_settings.local_replay_rps):
-            controller = Controller(
-                backend,
-                canary_settings,
-                settings.registered_model_name,
-                champion.version,
-                challenger.version,
-                root,
-                control=ControlFile(root / "current.json"),
-                **common,
-            )
-            return _with_metrics(controller, canary_settings).run()
-
-
-def _with_metrics(controller: Any, canary_settings: CanarySettings) -> Any:
-    """Serve the controller's metrics on `metrics_port` while it runs (0: not served)."""
-    if canary_settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(canary_settings.metrics_port, registry=controller.metrics.registry)
-    return controller

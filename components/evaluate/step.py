@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform import registry
 from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.evaluation import binary_metrics, evaluation_report, fit_rule_baseline
@@ -23,7 +24,6 @@ def champion_scores(model_name: str, x: np.ndarray) -> tuple[str, np.ndarray] | 
 
     MLflow must be configured (`registry.configure`).
     """
-    from mlplatform import registry
 
     champion = registry.get_alias(model_name, registry.CHAMPION)
     if champion is None:
@@ -105,8 +105,6 @@ def run_evaluate(
     metrics, to the training run in MLflow.
     """
     import mlflow
-
-    from mlplatform import registry
 
     model, config = load_model(model_dir)
     val, test = pd.read_parquet(validation_path), pd.read_parquet(test_path)

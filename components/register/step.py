@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.ingest.step import IngestResult
+from mlplatform import registry
 from mlplatform.errors import PromotionRejected
 from mlplatform.features.compute import MODEL_FEATURES
 from mlplatform.features.store import FEATURE_SERVICE
@@ -69,8 +70,6 @@ def run_register(
     The training run and the model version are tagged with why the pipeline ran (`trigger_tags(trigger)`).
     """
     import mlflow
-
-    from mlplatform import registry
 
     registry.configure(settings)
     champion = report.get("champion")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mlplatform import registry
 from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.monitoring.stats import reference_stats
 from mlplatform.settings import PlatformSettings
@@ -76,7 +77,6 @@ def run_train(
     training checkpoints there, and a retried task resumes from the last checkpoint and continues
     the same MLflow run.
     """
-    from mlplatform import registry
 
     train, val = pd.read_parquet(train_path), pd.read_parquet(validation_path)
     x_tr, y_tr = model_input(train), train["is_fraud"].to_numpy(np.float32)

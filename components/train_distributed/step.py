@@ -26,6 +26,7 @@ from components.train.step import (
     log_training_params,
     start_or_resume_run,
 )
+from mlplatform import registry
 from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.loop import EpochResult, TrainConfig, TrainResult
@@ -258,8 +259,7 @@ def run_train_distributed(
 
     import mlflow
 
-    from mlplatform import registry
-    from mlplatform.training.ddp import RESULT_FILE, save_training_data
+    from mlplatform.training.ddp import RESULT_FILE, save_training_data  # torch: seconds to import, only when used
 
     # <shared root>/<run key>/train-distributed, the same path as mounted in the TrainJob's pods.
     run_dir = settings.model_copy(update={"checkpoint_root": shared_root}).checkpoint_dir(run_key, "train-distributed")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform import registry
 from mlplatform.errors import DataValidationError
 from mlplatform.features.compute import MODEL_FEATURES, ON_DEMAND_FEATURES, REQUEST_FIELDS
 from mlplatform.monitoring.stats import psi
@@ -197,8 +198,7 @@ def run_validate(
 
 def champion_reference(settings: PlatformSettings) -> dict[str, Any] | None:
     """The reference statistics saved with the current champion, None when there is no champion."""
-    from mlplatform import registry
-    from mlplatform.training.model import load_reference_stats
+    from mlplatform.training.model import load_reference_stats  # torch: seconds to import, only when used
 
     registry.configure(settings)
     champion = registry.get_alias(settings.registered_model_name, registry.CHAMPION)

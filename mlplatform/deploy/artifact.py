@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mlplatform import registry
 from mlplatform.errors import ConfigError, MlPlatformError
 from mlplatform.features.compute import MODEL_FEATURES
 from mlplatform.registry import RegisteredVersion
@@ -25,7 +26,6 @@ def resolve(settings: PlatformSettings, alias: str) -> RegisteredVersion:
     Raises:
         ConfigError: When no version carries the alias.
     """
-    from mlplatform import registry
 
     registry.configure(settings)
     version = registry.get_alias(settings.registered_model_name, alias)
@@ -66,7 +66,7 @@ def verify_artifact(model_dir: Path) -> dict[str, Any]:
     Raises:
         ArtifactInvalid: With what is wrong; nothing gets traffic then.
     """
-    from mlplatform.training.model import load_model
+    from mlplatform.training.model import load_model  # torch: seconds to import, only when used
 
     try:
         _, config = load_model(model_dir)
@@ -86,7 +86,6 @@ def local_model_dir(settings: PlatformSettings, version: RegisteredVersion) -> P
 
 def prepare_local(settings: PlatformSettings, version: RegisteredVersion) -> Path:
     """Download (once) and verify a version's artifact for local serving; returns the folder."""
-    from mlplatform import registry
 
     dst = local_model_dir(settings, version)
     if not (dst / "model_config.json").is_file():

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlplatform.deploy.artifact import prepare_local, resolve, storage_uri
+from mlplatform.deploy.inferenceservice import NotInstalled, ServiceSpec, apply, get, install_hint, render, wait_ready
 from mlplatform.errors import ConfigError
 from mlplatform.registry import RegisteredVersion
 from mlplatform.settings import PlatformSettings
@@ -54,7 +55,6 @@ def render_manifest(
 ) -> dict[str, Any]:
     """What a version changes in the InferenceService (`role` canary while it is rolled out): the apply
     configuration of `mlplatform.deploy.inferenceservice.render`; the chart owns the rest of the object."""
-    from mlplatform.deploy.inferenceservice import ServiceSpec, render
 
     return render(
         ServiceSpec(
@@ -71,7 +71,6 @@ def render_manifest(
 
 def require_installed(settings: PlatformSettings, api_client: Any, uri: str, model_version: str) -> dict[str, Any]:
     """The live InferenceService; raises NotInstalled with the Helm command that creates it when it is missing."""
-    from mlplatform.deploy.inferenceservice import NotInstalled, get, install_hint
 
     name = settings.registered_model_name
     try:
@@ -124,7 +123,6 @@ def deploy(
     if settings.deploy_target == "local":
         manifest = render_manifest(settings, version, model_dir.as_uri(), canary_traffic_percent)
         return DeployResult(version.name, version.version, alias, "local", version.source, str(model_dir), manifest)
-    from mlplatform.deploy.inferenceservice import apply, wait_ready
 
     uri = storage_uri(version.source, settings)
     manifest = render_manifest(settings, version, uri, canary_traffic_percent)

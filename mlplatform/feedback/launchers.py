@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from mlplatform.orchestration.runner import compile_package, submit
 from mlplatform.params import PipelineParams
 from mlplatform.settings import PlatformSettings
 
@@ -126,13 +127,8 @@ class KfpLauncher:
         return self._client
 
     def launch(self, params: PipelineParams, run_name: str) -> RunHandle:
-        import tempfile
-
-        from mlplatform.orchestration.runner import submit
-        from pipelines import compile_pipeline
-
         if self.package is None:
-            self.package = compile_pipeline(Path(tempfile.mkdtemp(prefix="mlplatform-webhook-")) / "training.yaml")
+            self.package = compile_package()
         run_id = submit(self.host, self.package, params, self.experiment, run_name, client=self.client)
         log.info("created KFP run %s (%s) on %s", run_id, run_name, self.host)
         return _KfpRun(run_id, self.client)

@@ -17,6 +17,8 @@ import httpx
 import yaml
 
 from mlplatform.errors import MlPlatformError
+from mlplatform.local.serving import free_port
+from mlplatform.monitoring.prometheus import query
 
 #: Executables of the Debian packages `prometheus` and `prometheus-alertmanager` (scripts/services.sh installs them).
 PROMETHEUS_BIN = "prometheus"
@@ -53,7 +55,6 @@ def _duration(seconds: float) -> str:
 
 
 def _free_port() -> int:
-    from mlplatform.local.serving import free_port
 
     return free_port()
 
@@ -326,7 +327,6 @@ class LocalPrometheus(_LocalProcess):
 
     def query(self, promql: str, at: float | None = None) -> list[Any]:
         """An instant query now (or at `at`); the samples (mlplatform.monitoring.prometheus.Sample)."""
-        from mlplatform.monitoring.prometheus import query
 
         return query(self.url, promql, time.time() if at is None else at)
 

@@ -26,7 +26,7 @@ ROLE_HEADER = "x-mlplatform-role"
 def _latest(settings: PlatformSettings) -> tuple[Any, Any, Any]:
     import pandas as pd
 
-    from mlplatform.features.store import source_dir
+    from mlplatform.features.store import source_dir  # feast: seconds to import, only when used
 
     customers = pd.read_parquet(source_dir(settings.feast_data) / "customer_stats.parquet")
     merchants = pd.read_parquet(source_dir(settings.feast_data) / "merchant_stats.parquet")

@@ -250,7 +250,7 @@ def quality_of(pairs: Sequence[tuple[Mapping[str, Any], int]], threshold: float,
     positives = int(y.sum())
     if len(pairs) < min_labelled:
         return Quality(len(pairs), positives)
-    from mlplatform.training.evaluation import binary_metrics
+    from mlplatform.training.evaluation import binary_metrics  # scikit-learn: seconds to import, only when used
 
     scores = np.fromiter((_number(r.get("score")) for r, _ in pairs), np.float64, len(pairs))
     keep = np.isfinite(scores)

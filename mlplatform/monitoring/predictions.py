@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplatform.data.labels import record_key
+from mlplatform.monitoring.prediction_log import read_records
 from mlplatform.monitoring.references import MonitorError
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -46,7 +47,6 @@ def load_predictions(
     Raises:
         MonitorError: When the folder does not exist (unless `missing_ok`: then there are no records).
     """
-    from mlplatform.monitoring.prediction_log import read_records
 
     if not log_dir.is_dir():
         if missing_ok:

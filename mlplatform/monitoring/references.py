@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mlplatform import registry
+from mlplatform.deploy.artifact import ArtifactInvalid, prepare_local, verify_artifact
 from mlplatform.errors import MlPlatformError
 from mlplatform.monitoring.drift import ModelReference
 from mlplatform.settings import PlatformSettings
@@ -59,8 +61,7 @@ class ReferenceResolver:
             return self._cache[key]
 
     def _load(self, model_name: str, model_version: str) -> ModelReference:
-        from mlplatform.deploy.artifact import ArtifactInvalid, prepare_local, verify_artifact
-        from mlplatform.training.model import load_reference_stats
+        from mlplatform.training.model import load_reference_stats  # torch: seconds to import, only when used
 
         created: float | None = None
         try:
@@ -84,8 +85,6 @@ class ReferenceResolver:
     def _registry_version(self, model_name: str, model_version: str) -> tuple[Any, float | None]:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
-
-        from mlplatform import registry
 
         registry.configure(self.platform)
         try:

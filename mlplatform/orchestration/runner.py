@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlplatform.errors import ConfigError
 from mlplatform.params import PipelineParams
+from mlplatform.rollout.settings import LOCAL_PROFILE
 from mlplatform.settings import PlatformSettings
 
 
@@ -46,7 +49,7 @@ def run_local(params: PipelineParams, settings: PlatformSettings) -> LocalRun:
     """
     from kfp import local
 
-    from pipelines.training import training_pipeline
+    from pipelines.training import training_pipeline  # kfp and every component: seconds to import, only when used
 
     work_dir = settings.resolved_work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -55,8 +58,6 @@ def run_local(params: PipelineParams, settings: PlatformSettings) -> LocalRun:
     env.setdefault("MLPLATFORM_GIT_COMMIT", git_commit() or "unknown")
     os.environ.update(env)
     if settings.deploy_target == "local":
-        from mlplatform.rollout.settings import LOCAL_PROFILE
-
         for key, value in LOCAL_PROFILE.items():
             os.environ.setdefault(key, value)
     pipeline_root = work_dir / "kfp"
@@ -67,6 +68,15 @@ def run_local(params: PipelineParams, settings: PlatformSettings) -> LocalRun:
     )
     task = training_pipeline(**params.model_dump())
     return LocalRun(json.loads(task.output), pipeline_root, settings.model_copy(update={"work_dir": work_dir}))
+
+
+def compile_package(output: Path | None = None, name: str = "training") -> Path:
+    """Compile a pipeline (see `pipelines.compile_pipeline`) to KFP IR YAML; a temporary file when `output` is None."""
+    from pipelines import compile_pipeline  # the components and kfp's compiler: seconds to import, only when used
+
+    if output is None:
+        output = Path(tempfile.mkdtemp(prefix="mlplatform-pipeline-")) / f"{name}.yaml"
+    return compile_pipeline(output, name)
 
 
 def submit(
@@ -127,8 +137,6 @@ def schedule(
         ConfigError: The cron expression does not have six fields.
     """
     import kfp
-
-    from mlplatform.errors import ConfigError
 
     if len(cron.split()) != CRON_FIELDS:
         raise ConfigError(

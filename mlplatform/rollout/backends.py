@@ -8,6 +8,16 @@ from typing import Any
 
 from mlplatform.deploy.artifact import prepare_local, storage_uri
 from mlplatform.deploy.cluster import kubernetes_client, render_manifest, require_installed, serving_env
+from mlplatform.deploy.inferenceservice import (
+    ANNOTATION_MODEL_VERSION,
+    apply,
+    get,
+    is_ready,
+    predictor_traffic,
+    wait_for,
+)
+from mlplatform.local.prometheus import LocalPrometheus
+from mlplatform.local.serving import start_local, start_splitter
 from mlplatform.registry import RegisteredVersion
 from mlplatform.rollout.analysis import ScoreReferences
 from mlplatform.rollout.controller import RolloutError
@@ -21,7 +31,7 @@ def score_references(
 ) -> ScoreReferences | None:
     """The scores each version gave its own training data, from the reference statistics in its artifact
     (downloaded once into the work dir); None when either artifact has none (older artifacts)."""
-    from mlplatform.training.model import load_reference_stats
+    from mlplatform.training.model import load_reference_stats  # torch: seconds to import, only when used
 
     scores = [(load_reference_stats(prepare_local(settings, v)) or {}).get("score") for v in (canary, stable)]
     return ScoreReferences(canary=scores[0], stable=scores[1]) if all(scores) else None
@@ -53,6 +63,8 @@ class ClusterBackend:
     """
 
     name = "cluster"
+    #: Serving runs on the cluster: real clients send the traffic, and decisions by hand patch the service.
+    in_process = False
 
     def __init__(
         self,
@@ -84,7 +96,6 @@ class ClusterBackend:
         )
 
     def _apply(self, percent: int | None, role: str, what: str, condition: Any) -> None:
-        from mlplatform.deploy.inferenceservice import apply, wait_for
 
         uri = storage_uri(self.canary.source, self.settings)
         manifest = render_manifest(self.settings, self.canary, uri, percent, role)
@@ -100,12 +111,10 @@ class ClusterBackend:
         )
 
     def _live(self) -> dict[str, Any]:
-        from mlplatform.deploy.inferenceservice import get
 
         return get(self.name_, self.settings.deploy_namespace, self.api)
 
     def start_canary(self, percent: int) -> None:
-        from mlplatform.deploy.inferenceservice import ANNOTATION_MODEL_VERSION
 
         live = require_installed(
             self.settings, self.api, storage_uri(self.stable.source, self.settings), self.stable.version
@@ -120,7 +129,6 @@ class ClusterBackend:
         self.set_canary_percent(percent)
 
     def set_canary_percent(self, percent: int) -> None:
-        from mlplatform.deploy.inferenceservice import is_ready, predictor_traffic
 
         def split_in_force(obj: dict[str, Any]) -> bool:
             return is_ready(obj) and predictor_traffic(obj).latest_percent == percent
@@ -128,12 +136,10 @@ class ClusterBackend:
         self._apply(percent, "canary", f"serving {percent} % on the latest revision", split_in_force)
 
     def canary_percent(self) -> int | None:
-        from mlplatform.deploy.inferenceservice import predictor_traffic
 
         return predictor_traffic(self._live()).canary_percent
 
     def promote(self) -> None:
-        from mlplatform.deploy.inferenceservice import is_ready, predictor_traffic
 
         def promoted(obj: dict[str, Any]) -> bool:
             t = predictor_traffic(obj)
@@ -142,7 +148,6 @@ class ClusterBackend:
         self._apply(None, "stable", "promoted (latest revision at 100 %)", promoted)
 
     def rollback(self) -> None:
-        from mlplatform.deploy.inferenceservice import predictor_traffic
 
         def rolled_back(obj: dict[str, Any]) -> bool:
             return predictor_traffic(obj).latest_percent == 0
@@ -160,8 +165,6 @@ class ClusterBackend:
 
     def describe(self) -> dict[str, Any]:
         from dataclasses import asdict
-
-        from mlplatform.deploy.inferenceservice import predictor_traffic
 
         try:
             return {"target": "cluster", **asdict(predictor_traffic(self._live()))}
@@ -187,6 +190,9 @@ class LocalBackend:
     """
 
     name = "local"
+    #: Serving lives in this process: nothing else calls the endpoint (traffic is replayed), and decisions by
+    #: hand reach the controller through the control file.
+    in_process = True
 
     def __init__(
         self,
@@ -217,7 +223,6 @@ class LocalBackend:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def _serve(self, version: RegisteredVersion, role: str, predictor_module: str = "serving.predictor") -> Any:
-        from mlplatform.local.serving import start_local
 
         return start_local(
             prepare_local(self.settings, version),
@@ -229,7 +234,6 @@ class LocalBackend:
 
     def open(self) -> LocalBackend:
         """Serve the stable version behind the splitter (the endpoint is `predict_url`)."""
-        from mlplatform.local.serving import start_splitter
 
         try:
             self.services["stable"] = self._serve(self.stable, "stable")
@@ -260,8 +264,6 @@ class LocalBackend:
         )
         if want_prometheus:
             import tempfile
-
-            from mlplatform.local.prometheus import LocalPrometheus
 
             root = self.settings.resolved_work_dir / "prometheus"
             root.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from mlplatform import registry
 from mlplatform.errors import MlPlatformError
 from mlplatform.rollout.analysis import Check, CheckStatus, Decision, ScoreReferences, Verdict, analyse
 from mlplatform.rollout.evidence import EvidenceSource, EvidenceUnavailable
@@ -140,7 +141,6 @@ class MlflowRecorder:
         self.model_name = model_name
 
     def record(self, report: RolloutReport, report_dir: Path) -> list[str]:
-        from mlplatform import registry
 
         version = report.canary_version
         tags: dict[str, Any] = {

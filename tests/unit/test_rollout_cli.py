@@ -97,7 +97,7 @@ def test_bad_rollout_options_exit_2_naming_what_was_wrong(work: Path, args: list
 
 def test_run_prints_the_rollout_report_of_the_deploy_step(capsys: pytest.CaptureFixture[str]) -> None:
     """`mlplatform run` (and so `make run`) shows the pipeline's rollout report from its JSON summary."""
-    from mlplatform.cli import print_deployment
+    from mlplatform.cli.run import print_deployment
     from mlplatform.rollout.report import RolloutReport, StepRecord
 
     report = RolloutReport("r1", NAME, "1", "2", "local", "PrometheusEvidence", [10, 100], {}, "t0", outcome="promoted")

@@ -1,0 +1,5 @@
+"""`python -m mlplatform.cli`: the command line."""
+
+from mlplatform.cli.main import app
+
+app()

@@ -1,0 +1,17 @@
+"""The `mlplatform` command line: one Typer app assembled from one module per command group (no domain logic here)."""
+
+from __future__ import annotations
+
+import typer
+
+from mlplatform.cli import feedback, monitor, pipeline, rollout, run, score, serve
+
+app = typer.Typer(help="mlplatform: raw data to a registered fraud model and beyond.", no_args_is_help=True)
+app.command("run")(run.run)
+app.command("deploy")(serve.deploy)
+app.command("serve")(serve.serve)
+app.command("webhook")(feedback.webhook)
+app.command("score")(score.score_command)
+app.add_typer(pipeline.pipeline_app, name="pipeline")
+app.add_typer(monitor.monitor_app, name="monitor")
+app.add_typer(rollout.rollout_app, name="rollout")

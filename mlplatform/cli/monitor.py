@@ -1,0 +1,176 @@
+"""`mlplatform monitor`: drift and quality of the served versions, as tables and reports or as gauges."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mlplatform.cli.common import (
+    WorkDir,
+    console,
+    fail,
+)
+from mlplatform.data.labels import emit_labels, record_key, write_labels
+from mlplatform.errors import ConfigError, MlPlatformError
+from mlplatform.monitoring.exporter import Monitor
+from mlplatform.monitoring.predictions import load_predictions
+from mlplatform.monitoring.references import MonitorError
+from mlplatform.monitoring.report import feature_table, summary_table, write_report
+from mlplatform.monitoring.settings import MonitorSettings
+from mlplatform.monitoring.windows import evaluate_windows, require_evidence
+from mlplatform.settings import PlatformSettings
+
+# --- monitor: drift, skew and delayed-label quality (mlplatform/monitoring/) ---
+monitor_app = typer.Typer(
+    help="Drift and quality of the served versions: `show` (the default) prints and reports, `serve` exports "
+    "Prometheus gauges.",
+    invoke_without_command=True,
+)
+
+LogDir = Annotated[
+    Path | None, typer.Option("--prediction-log-dir", help="Prediction log folder (default <work-dir>/predictions).")
+]
+
+LabelsDir = Annotated[Path | None, typer.Option("--labels-dir", help="Label feed folder (default <work-dir>/labels).")]
+
+ModelDir = Annotated[
+    Path | None,
+    typer.Option("--model-dir", help="Compare every version with this artifact (default: each version's own)."),
+]
+
+WindowSeconds = Annotated[float | None, typer.Option("--window-seconds", help="Drift window length in seconds.")]
+
+
+def _monitor_settings(**options: Any) -> Any:
+
+    return MonitorSettings(**{k: v for k, v in options.items() if v is not None})
+
+
+@monitor_app.callback()
+def monitor_default(ctx: typer.Context) -> None:
+    """Without a subcommand: `monitor show` with its defaults."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(monitor_show)
+
+
+@monitor_app.command("show")
+def monitor_show(
+    work_dir: WorkDir = Path(".mlplatform"),
+    prediction_log_dir: LogDir = None,
+    labels_dir: LabelsDir = None,
+    model_dir: ModelDir = None,
+    model_version: Annotated[str | None, typer.Option("--model-version", help="Only this version.")] = None,
+    window_seconds: WindowSeconds = None,
+    quality_window_seconds: Annotated[
+        float | None, typer.Option("--quality-window-seconds", help="Quality window length in seconds.")
+    ] = None,
+    window_end: Annotated[
+        str | None, typer.Option("--window-end", help="End of the (last) window, ISO-8601 (default: now).")
+    ] = None,
+    windows: Annotated[int, typer.Option("--windows", min=1, help="Consecutive windows to report.")] = 1,
+    min_window_predictions: Annotated[
+        int | None, typer.Option("--min-window-predictions", help="Fewest predictions for drift values.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Report folder (default <work-dir>/monitor/reports).")
+    ] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write Markdown + PNG per window.")] = True,
+) -> None:
+    """Show current drift and quality per model version; write a drift report (Markdown + PNG) per window."""
+    import time
+    from datetime import UTC, datetime
+
+    try:
+        platform = PlatformSettings(work_dir=work_dir)
+        settings = _monitor_settings(
+            prediction_log_dir=prediction_log_dir,
+            labels_dir=labels_dir,
+            model_dir=model_dir,
+            window_seconds=window_seconds,
+            quality_window_seconds=quality_window_seconds,
+            min_window_predictions=min_window_predictions,
+        )
+        end = time.time()
+        if window_end is not None:
+            parsed = datetime.fromisoformat(window_end)
+            end = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        if model_dir is not None and not model_dir.is_dir():
+            raise MonitorError(f"--model-dir {model_dir} is not a folder")
+        results = evaluate_windows(settings, platform, end, windows, model_version=model_version)
+        require_evidence(results, settings, platform, model_version)
+    except (MlPlatformError, ValueError) as exc:
+        fail(exc)
+    folder = output or platform.resolved_work_dir / "monitor" / "reports"
+    for result in results:
+        console.print(summary_table(result))
+        for v in result.versions:
+            if v.features:
+                console.print(feature_table(v))
+            elif v.error or v.skipped:
+                console.print(f"[yellow]{v.model_name} v{v.model_version}:[/] {v.error or v.skipped}")
+        if report and result.versions:
+            console.print(f"report: {write_report(result, folder) / 'report.md'}")
+
+
+@monitor_app.command("serve")
+def monitor_serve(
+    work_dir: WorkDir = Path(".mlplatform"),
+    prediction_log_dir: LogDir = None,
+    labels_dir: LabelsDir = None,
+    model_dir: ModelDir = None,
+    window_seconds: WindowSeconds = None,
+    interval_seconds: Annotated[float | None, typer.Option("--interval-seconds", help="Seconds between runs.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port of /metrics and /healthz.")] = None,
+) -> None:
+    """Run the monitor process: evaluate every interval, serve Prometheus gauges until Ctrl-C or SIGTERM."""
+    import logging
+
+    try:
+        settings = _monitor_settings(
+            prediction_log_dir=prediction_log_dir,
+            labels_dir=labels_dir,
+            model_dir=model_dir,
+            window_seconds=window_seconds,
+            interval_seconds=interval_seconds,
+            port=port,
+        )
+        platform = PlatformSettings(work_dir=work_dir)
+    except ValueError as exc:
+        fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Monitor(settings, platform).serve()
+
+
+@monitor_app.command("emit-labels")
+def monitor_emit_labels(
+    transactions: Annotated[Path, typer.Option("--transactions", help="Generated transactions (Parquet).")],
+    until: Annotated[str, typer.Option("--until", help="Emit labels known by this time (ISO-8601, data time).")],
+    since: Annotated[str | None, typer.Option("--since", help="Labels up to this time were emitted.")] = None,
+    work_dir: WorkDir = Path(".mlplatform"),
+    prediction_log_dir: LogDir = None,
+    labels_dir: LabelsDir = None,
+) -> None:
+    """Replay delayed labels: write the labels of served transactions that became known by --until."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    def when(text: str) -> datetime:
+        t = datetime.fromisoformat(text)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+    try:
+        platform = PlatformSettings(work_dir=work_dir)
+        settings = _monitor_settings(prediction_log_dir=prediction_log_dir, labels_dir=labels_dir)
+        if not transactions.is_file():
+            raise ConfigError(f"--transactions {transactions} does not exist")
+        served = load_predictions(settings.log_dir(platform), settings.monitored_model(platform), float("-inf"))
+        ids = {k for k in map(record_key, served) if k}
+        frame = emit_labels(pd.read_parquet(transactions), ids, when(until), when(since) if since else None)
+        path = write_labels(frame, settings.label_dir(platform))
+    except (MlPlatformError, ValueError) as exc:
+        fail(exc)
+    print(json.dumps({"labels": len(frame), "served": len(ids), "file": str(path) if path else None}))

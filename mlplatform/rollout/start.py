@@ -1,0 +1,101 @@
+"""Starting a rollout: the one wiring of backend, replayed traffic, controller, recorder and report.
+
+The CLI (`mlplatform rollout start`) and the pipeline's deploy step both call `run_rollout`; the deploy
+target in the settings picks the backend in `open_backend`, the one place that choice is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from mlplatform.local.traffic import TrafficGenerator, sample_transactions
+from mlplatform.registry import RegisteredVersion
+from mlplatform.rollout.backends import ClusterBackend, LocalBackend, report_root
+from mlplatform.rollout.controller import ControlFile, Controller, MlflowRecorder
+from mlplatform.rollout.report import RolloutReport
+from mlplatform.rollout.settings import CanarySettings
+from mlplatform.settings import PlatformSettings
+
+#: Transactions sampled from the feature store to replay through a local endpoint during a rollout.
+REPLAY_TRANSACTIONS = 2_000
+
+
+def open_backend(
+    settings: PlatformSettings,
+    canary_settings: CanarySettings,
+    stable: RegisteredVersion,
+    canary: RegisteredVersion,
+    port: int = 0,
+) -> AbstractContextManager[ClusterBackend | LocalBackend]:
+    """The backend of the deploy target in `settings`, as a context manager that releases what it started.
+
+    Args:
+        port: Local only: port of the endpoint (the splitter); 0 picks a free one.
+    """
+    if settings.deploy_target == "cluster":
+        return nullcontext(ClusterBackend(settings, canary_settings, stable, canary))
+    return LocalBackend(settings, canary_settings, stable, canary, port=port)
+
+
+def run_rollout(
+    settings: PlatformSettings,
+    canary_settings: CanarySettings,
+    stable: RegisteredVersion,
+    canary: RegisteredVersion,
+    *,
+    log: Callable[[str], Any] = print,
+    port: int = 0,
+    replay: bool = True,
+    replay_seed: int = 0,
+    serve_metrics: bool = False,
+    on_open: Callable[[Any], Any] | None = None,
+) -> RolloutReport:
+    """Roll `canary` out against `stable` until it is promoted or rolled back; returns the report.
+
+    A backend whose serving lives in this process (local) gets recent transactions replayed through its
+    endpoint (nothing else calls it) and listens to the control file for decisions by hand.
+
+    Args:
+        log: Progress lines.
+        port: Local only: port of the endpoint.
+        replay: Local only: replay transactions through the endpoint while the rollout runs.
+        replay_seed: Seed of the replayed sample.
+        serve_metrics: Serve the controller's metrics on `canary_settings.metrics_port` (0: not served).
+        on_open: Called with the backend once it serves (the CLI prints the endpoint).
+
+    Raises:
+        mlplatform.rollout.controller.RolloutError: The rollout could not run or its outcome could not be recorded.
+    """
+    root = report_root(settings)
+    with open_backend(settings, canary_settings, stable, canary, port=port) as backend:
+        if on_open is not None:
+            on_open(backend)
+        in_process = backend.in_process
+        traffic: AbstractContextManager[Any] = (
+            TrafficGenerator(
+                backend.predict_url,
+                sample_transactions(settings, REPLAY_TRANSACTIONS, seed=replay_seed),
+                rps=canary_settings.local_replay_rps,
+            )
+            if in_process and replay
+            else nullcontext()
+        )
+        with traffic:
+            controller = Controller(
+                backend,
+                canary_settings,
+                settings.registered_model_name,
+                stable.version,
+                canary.version,
+                root,
+                recorder=MlflowRecorder(settings.registered_model_name),
+                control=ControlFile(root / "current.json") if in_process else None,
+                log=log,
+            )
+            if serve_metrics and canary_settings.metrics_port:
+                start_http_server(canary_settings.metrics_port, registry=controller.metrics.registry)
+            return controller.run()
