@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform.processes import init_process
 from serving.app import serve
 from serving.metrics import ServingMetrics
 from serving.predictor import FraudPredictor, build_parser
@@ -75,6 +76,7 @@ class FaultyPredictor(FraudPredictor):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the predictor's flags, plus MLPLATFORM_FAULT_* variables."""
+    init_process()
 
     args = build_parser().parse_args(argv)
     settings = ServingSettings()

@@ -22,6 +22,7 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model, model_server
 from kserve.errors import InvalidInput
 
+from mlplatform.processes import init_process
 from mlplatform.training.model import ModelConfig, load_model
 from serving.app import serve
 from serving.errors import InvalidRequest
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `python -m serving.predictor --model_name fraud-detector --model_dir /mnt/models`."""
+    init_process()
 
     args = build_parser().parse_args(argv)
     settings = ServingSettings()

@@ -35,6 +35,7 @@ from mlplatform.features.compute import (
     on_demand_arrays,
 )
 from mlplatform.monitoring.prediction_log import PredictionLog
+from mlplatform.processes import init_process
 from serving.app import serve
 from serving.errors import InvalidRequest, ServiceUnavailable
 from serving.metrics import ServingMetrics
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `python -m serving.transformer --model_name fraud-detector --predictor_host HOST:PORT`."""
+    init_process()
 
     args = build_parser().parse_args(argv)
     if not args.predictor_host:

@@ -12,7 +12,10 @@ import pytest
 from components.features.step import FeaturesResult, run_features
 from components.ingest.step import IngestResult, run_ingest
 from components.training_set.step import run_training_set
+from mlplatform.processes import init_process
 from mlplatform.settings import PlatformSettings
+
+init_process()  # the test process is an entry point too: servers and registries built in-process keep their own values
 
 SMALL = {"n_transactions": 20_000, "n_days": 40, "seed": 7}
 

@@ -26,8 +26,10 @@ def deploy_canary(registered: bool, version: str, register_summary: str, rollout
     from dataclasses import asdict
 
     from components.deploy.step import run_deploy_canary
+    from mlplatform.processes import init_process
     from mlplatform.settings import PlatformSettings
 
+    init_process()  # the rollout controller's metrics live in this process
     outcome = run_deploy_canary(registered, version, PlatformSettings())
     with open(rollout_report.path, "w") as f:
         f.write(outcome.report_markdown or f"{outcome.action}: {outcome.reason}\n")

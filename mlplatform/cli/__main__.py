@@ -1,5 +1,5 @@
 """`python -m mlplatform.cli`: the command line."""
 
-from mlplatform.cli.main import app
+from mlplatform.cli.main import main
 
-app()
+main()

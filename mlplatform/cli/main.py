@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mlplatform.cli import feedback, monitor, pipeline, rollout, run, score, serve
+from mlplatform.processes import init_process
 
 app = typer.Typer(help="mlplatform: raw data to a registered fraud model and beyond.", no_args_is_help=True)
 app.command("run")(run.run)
@@ -15,3 +16,9 @@ app.command("score")(score.score_command)
 app.add_typer(pipeline.pipeline_app, name="pipeline")
 app.add_typer(monitor.monitor_app, name="monitor")
 app.add_typer(rollout.rollout_app, name="rollout")
+
+
+def main() -> None:
+    """The `mlplatform` console script and `python -m mlplatform.cli`."""
+    init_process()
+    app()

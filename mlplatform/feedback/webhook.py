@@ -41,6 +41,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mlplatform.errors import ConfigError, MlPlatformError
 from mlplatform.feedback.launchers import KfpLauncher, Launcher, LocalLauncher, RunHandle
 from mlplatform.params import PipelineParams, parse_params
+from mlplatform.processes import init_process
 from mlplatform.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -466,6 +467,7 @@ def serve(settings: WebhookSettings | None = None, platform: PlatformSettings | 
 
 def main() -> None:
     """`python -m mlplatform.feedback.webhook`: settings from MLPLATFORM_WEBHOOK_* and MLPLATFORM_*."""
+    init_process()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve()

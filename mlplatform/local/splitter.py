@@ -24,6 +24,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlplatform.processes import init_process
+
 #: Headers a proxy must not forward (RFC 9110 7.6.1) plus those aiohttp recomputes.
 _HOP_BY_HOP = frozenset(
     {
@@ -219,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `python -m mlplatform.local.splitter --http_port 8080 --stable_url ...`."""
+    init_process()
     args = build_parser().parse_args(argv)
     canary: dict[str, Any] | None = (
         {"url": args.canary_url, "model_version": args.canary_version} if args.canary_url else None

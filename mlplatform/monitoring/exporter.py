@@ -39,6 +39,7 @@ from mlplatform.monitoring.drift import MonitorResult
 from mlplatform.monitoring.references import ReferenceResolver
 from mlplatform.monitoring.settings import MonitorSettings
 from mlplatform.monitoring.windows import evaluate_windows
+from mlplatform.processes import init_process
 from mlplatform.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,7 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: `python -m mlplatform.monitoring.exporter` (settings from MLPLATFORM_MONITOR_* and MLPLATFORM_*)."""
+    init_process()
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -33,11 +33,16 @@ def _counts(pin: str) -> str:
     return done.stdout.strip()
 
 
-def test_importing_mlplatform_keeps_values_per_registry_after_feast_turned_on_multiprocess_mode() -> None:
-    assert _counts("import mlplatform") == "4.0 4.0"
+def test_init_process_keeps_values_per_registry_after_feast_turned_on_multiprocess_mode() -> None:
+    assert _counts("from mlplatform.processes import init_process; init_process()") == "4.0 4.0"
+
+
+def test_importing_the_platform_changes_nothing_until_an_entry_point_calls_init_process() -> None:
+    """No import-time side effects: importing the CLI and the servers leaves prometheus_client as it was."""
+    assert _counts("import mlplatform.cli.main, mlplatform.monitoring.exporter, serving.transformer") == "4.0 8.0"
 
 
 def test_without_the_pin_the_second_registry_inherits_the_first_value() -> None:
     """The failure the pin prevents (a counter starting at an earlier one's value): if feast or
-    prometheus_client stop doing this, the pin in mlplatform/__init__.py can go."""
+    prometheus_client stop doing this, init_process in mlplatform/processes.py can go."""
     assert _counts("") == "4.0 8.0"
