@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlplatform.errors import MlPlatformError
 from mlplatform.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -30,6 +31,10 @@ ROOT = PROJECT_ROOT
 SECTIONS = ("data", "model", "infra", "monitor")
 SECTION_TITLES = {"data": "Data", "model": "Model", "infra": "Infrastructure", "monitor": "Monitoring"}
 _ENV_OUT = "MLPLATFORM_MLTEST_COLLECT_OUT"
+
+
+class ScoreError(MlPlatformError):
+    """The score could not be computed: pytest did not run, or a test is marked with an unknown check."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,7 @@ def _pytest(args: list[str], timeout_seconds: float) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "pytest", "-p", "mlplatform.mltestscore", "-q", "-p", "no:cacheprovider", *args]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_seconds)
         if not out.is_file():
-            raise RuntimeError(
+            raise ScoreError(
                 f"pytest did not run (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
             )
         return dict(json.loads(out.read_text()))
@@ -279,7 +284,7 @@ def mapped_tests(collected: dict[str, list[str]]) -> dict[str, list[str]]:
     for nodeid, checks in collected.items():
         for check in checks:
             if check not in mapping:
-                raise ValueError(f"{nodeid} is marked mltest({check!r}); known checks are data-1 .. monitor-7")
+                raise ScoreError(f"{nodeid} is marked mltest({check!r}); known checks are data-1 .. monitor-7")
             if nodeid not in mapping[check]:
                 mapping[check].append(nodeid)
     return mapping

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlplatform.errors import ConfigError
+from mlplatform.settings import describe
 
 #: What a `trigger` may look like: a kind, optionally `:<name>` and `@<alert fingerprint>`.
 TRIGGER_PATTERN = r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?(@[A-Za-z0-9]+)?$"
@@ -78,8 +79,4 @@ def parse_params(values: dict[str, Any]) -> PipelineParams:
     try:
         return PipelineParams(**values)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "parameters"
-            problems.append(f"{name}: {err['msg']}" + (f" (got {err['input']!r})" if name != "parameters" else ""))
-        raise ConfigError("invalid pipeline parameter(s): " + "; ".join(problems)) from None
+        raise ConfigError(describe(exc, "pipeline parameter(s)")) from None

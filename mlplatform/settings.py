@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlplatform.errors import ConfigError
 
 #: The checkout (or installed source tree) the package lives in: feature_repo/, monitoring/ and helm/ are beside it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +165,52 @@ class PlatformSettings(BaseSettings):
     def feast_data(self) -> Path:
         """The Feast data directory in force."""
         return (self.feast_data_dir or self.resolved_work_dir / "feast").resolve()
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe(exc: ValidationError, what: str, env_prefix: str = "") -> str:
+    """One line naming each invalid field (and its environment variable) and what is wrong with it."""
+    problems = []
+    for err in exc.errors():
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a rule over several fields names them itself
+            problems.append(message)
+            continue
+        name = ".".join(str(p) for p in err["loc"])
+        var = f" ({env_prefix}{name.upper()})" if env_prefix else ""
+        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        problems.append(f"{name}{var}: {message}{got}")
+    return f"invalid {what}: " + "; ".join(problems)
+
+
+def load_settings(cls: type[S], **given: Any) -> S:
+    """`cls` from its environment variables, with the values a person gave on top (None means not given).
+
+    The order is the documented one: a given value (CLI option) wins over the environment, which wins over
+    the built-in default.
+
+    Raises:
+        ConfigError: Naming each invalid field and its environment variable.
+    """
+    try:
+        return cls(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        raise ConfigError(describe(exc, f"{cls.__name__} setting(s)", prefix)) from None
+
+
+def to_env(settings: BaseModel, prefix: str | None = None) -> dict[str, str]:
+    """The environment variables that give a child process the same `settings` (unset fields left out).
+
+    Lists and mappings are JSON, as pydantic-settings reads them; paths are absolute.
+    """
+    if prefix is None:
+        prefix = str(getattr(settings, "model_config", {}).get("env_prefix") or "")
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, Path):
+            value = value.expanduser().resolve()
+        env[f"{prefix}{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env

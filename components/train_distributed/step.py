@@ -27,6 +27,7 @@ from components.train.step import (
     start_or_resume_run,
 )
 from mlplatform import registry
+from mlplatform.errors import MlPlatformError
 from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.loop import EpochResult, TrainConfig, TrainResult
@@ -41,7 +42,7 @@ SPEC_HASH_LABEL = "mlplatform.io/spec-hash"
 PATCH_MANAGER = "mlplatform.io/train-distributed"
 
 
-class TrainJobError(RuntimeError):
+class TrainJobError(MlPlatformError):
     """The TrainJob failed, timed out, or a different one already holds its name."""
 
 

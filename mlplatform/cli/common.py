@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
+from mlplatform.errors import ConfigError, MlPlatformError
 from mlplatform.params import PipelineParams, parse_params
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -18,6 +25,35 @@ def fail(exc: Exception | str) -> NoReturn:
     """Print a clear one-line error (the message names what was wrong) and exit with status 2."""
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=2)
+
+
+def guarded(command: Callable[P, R]) -> Callable[P, R]:
+    """A command whose platform errors (every typed error joins `MlPlatformError`) end in `fail`, not a traceback.
+
+    Anything else is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except MlPlatformError as exc:
+            fail(exc)
+
+    return run
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO-8601 time given to `option` (UTC when it names no zone).
+
+    Raises:
+        ConfigError: Naming the option and the expected format.
+    """
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not an ISO-8601 time such as 2026-11-30T12:00:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def pipeline_params(options: dict[str, Any]) -> PipelineParams:
@@ -46,7 +82,10 @@ Trigger = Annotated[
     typer.Option("--trigger", help="Why the run starts (manual, schedule, alert:<name>@<fingerprint>); an MLflow tag."),
 ]
 
-WorkDir = Annotated[Path, typer.Option("--work-dir", help="Folder of local state (as given to `run`).")]
+WorkDir = Annotated[
+    Path | None,
+    typer.Option("--work-dir", help="Folder of local state (default: MLPLATFORM_WORK_DIR, else .mlplatform)."),
+]
 Alias = Annotated[str, typer.Option("--alias", help="Registry alias to deploy (models:/fraud-detector@ALIAS).")]
 Target = Annotated[
     str | None, typer.Option("--target", help="local or cluster (default: MLPLATFORM_DEPLOY_TARGET, local).")

@@ -8,12 +8,13 @@ import typer
 
 from mlplatform.cli.common import (
     console,
-    fail,
+    guarded,
 )
-from mlplatform.errors import ConfigError
 from mlplatform.feedback.webhook import WebhookSettings, serve
+from mlplatform.settings import load_settings
 
 
+@guarded
 def webhook(
     port: Annotated[int | None, typer.Option("--port", help="HTTP port (default 9109).")] = None,
     backend: Annotated[
@@ -27,14 +28,9 @@ def webhook(
     """Receive Alertmanager notifications; a firing drift or quality alert starts a retraining run."""
     import logging
 
-    from pydantic import ValidationError
-
     options = {"port": port, "backend": backend, "kfp_host": kfp_host, "cooldown_seconds": cooldown_seconds}
-    try:
-        settings = WebhookSettings(**{k: v for k, v in options.items() if v is not None})
-        settings.check()
-    except (ConfigError, ValidationError) as exc:
-        fail(exc)
+    settings = load_settings(WebhookSettings, **options)
+    settings.check()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"alert webhook on http://{settings.host}:{settings.port}/alerts (backend {settings.backend})")
     serve(settings)

@@ -11,17 +11,18 @@ import typer
 from mlplatform.cli.common import (
     WorkDir,
     console,
-    fail,
+    guarded,
+    parse_time,
 )
 from mlplatform.data.labels import emit_labels, record_key, write_labels
-from mlplatform.errors import ConfigError, MlPlatformError
+from mlplatform.errors import ConfigError
 from mlplatform.monitoring.exporter import Monitor
 from mlplatform.monitoring.predictions import load_predictions
 from mlplatform.monitoring.references import MonitorError
 from mlplatform.monitoring.report import feature_table, summary_table, write_report
 from mlplatform.monitoring.settings import MonitorSettings
 from mlplatform.monitoring.windows import evaluate_windows, require_evidence
-from mlplatform.settings import PlatformSettings
+from mlplatform.settings import PlatformSettings, load_settings
 
 # --- monitor: drift, skew and delayed-label quality (mlplatform/monitoring/) ---
 monitor_app = typer.Typer(
@@ -44,9 +45,9 @@ ModelDir = Annotated[
 WindowSeconds = Annotated[float | None, typer.Option("--window-seconds", help="Drift window length in seconds.")]
 
 
-def _monitor_settings(**options: Any) -> Any:
+def _monitor_settings(**options: Any) -> MonitorSettings:
 
-    return MonitorSettings(**{k: v for k, v in options.items() if v is not None})
+    return load_settings(MonitorSettings, **options)
 
 
 @monitor_app.callback()
@@ -57,8 +58,9 @@ def monitor_default(ctx: typer.Context) -> None:
 
 
 @monitor_app.command("show")
+@guarded
 def monitor_show(
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
     prediction_log_dir: LogDir = None,
     labels_dir: LabelsDir = None,
     model_dir: ModelDir = None,
@@ -81,28 +83,23 @@ def monitor_show(
 ) -> None:
     """Show current drift and quality per model version; write a drift report (Markdown + PNG) per window."""
     import time
-    from datetime import UTC, datetime
 
-    try:
-        platform = PlatformSettings(work_dir=work_dir)
-        settings = _monitor_settings(
-            prediction_log_dir=prediction_log_dir,
-            labels_dir=labels_dir,
-            model_dir=model_dir,
-            window_seconds=window_seconds,
-            quality_window_seconds=quality_window_seconds,
-            min_window_predictions=min_window_predictions,
-        )
-        end = time.time()
-        if window_end is not None:
-            parsed = datetime.fromisoformat(window_end)
-            end = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-        if model_dir is not None and not model_dir.is_dir():
-            raise MonitorError(f"--model-dir {model_dir} is not a folder")
-        results = evaluate_windows(settings, platform, end, windows, model_version=model_version)
-        require_evidence(results, settings, platform, model_version)
-    except (MlPlatformError, ValueError) as exc:
-        fail(exc)
+    platform = load_settings(PlatformSettings, work_dir=work_dir)
+    settings = _monitor_settings(
+        prediction_log_dir=prediction_log_dir,
+        labels_dir=labels_dir,
+        model_dir=model_dir,
+        window_seconds=window_seconds,
+        quality_window_seconds=quality_window_seconds,
+        min_window_predictions=min_window_predictions,
+    )
+    end = time.time()
+    if window_end is not None:
+        end = parse_time(window_end, "--window-end").timestamp()
+    if model_dir is not None and not model_dir.is_dir():
+        raise MonitorError(f"--model-dir {model_dir} is not a folder")
+    results = evaluate_windows(settings, platform, end, windows, model_version=model_version)
+    require_evidence(results, settings, platform, model_version)
     folder = output or platform.resolved_work_dir / "monitor" / "reports"
     for result in results:
         console.print(summary_table(result))
@@ -116,8 +113,9 @@ def monitor_show(
 
 
 @monitor_app.command("serve")
+@guarded
 def monitor_serve(
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
     prediction_log_dir: LogDir = None,
     labels_dir: LabelsDir = None,
     model_dir: ModelDir = None,
@@ -128,49 +126,40 @@ def monitor_serve(
     """Run the monitor process: evaluate every interval, serve Prometheus gauges until Ctrl-C or SIGTERM."""
     import logging
 
-    try:
-        settings = _monitor_settings(
-            prediction_log_dir=prediction_log_dir,
-            labels_dir=labels_dir,
-            model_dir=model_dir,
-            window_seconds=window_seconds,
-            interval_seconds=interval_seconds,
-            port=port,
-        )
-        platform = PlatformSettings(work_dir=work_dir)
-    except ValueError as exc:
-        fail(exc)
+    settings = _monitor_settings(
+        prediction_log_dir=prediction_log_dir,
+        labels_dir=labels_dir,
+        model_dir=model_dir,
+        window_seconds=window_seconds,
+        interval_seconds=interval_seconds,
+        port=port,
+    )
+    platform = load_settings(PlatformSettings, work_dir=work_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Monitor(settings, platform).serve()
 
 
 @monitor_app.command("emit-labels")
+@guarded
 def monitor_emit_labels(
     transactions: Annotated[Path, typer.Option("--transactions", help="Generated transactions (Parquet).")],
     until: Annotated[str, typer.Option("--until", help="Emit labels known by this time (ISO-8601, data time).")],
     since: Annotated[str | None, typer.Option("--since", help="Labels up to this time were emitted.")] = None,
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
     prediction_log_dir: LogDir = None,
     labels_dir: LabelsDir = None,
 ) -> None:
     """Replay delayed labels: write the labels of served transactions that became known by --until."""
-    from datetime import UTC, datetime
 
     import pandas as pd
 
-    def when(text: str) -> datetime:
-        t = datetime.fromisoformat(text)
-        return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-    try:
-        platform = PlatformSettings(work_dir=work_dir)
-        settings = _monitor_settings(prediction_log_dir=prediction_log_dir, labels_dir=labels_dir)
-        if not transactions.is_file():
-            raise ConfigError(f"--transactions {transactions} does not exist")
-        served = load_predictions(settings.log_dir(platform), settings.monitored_model(platform), float("-inf"))
-        ids = {k for k in map(record_key, served) if k}
-        frame = emit_labels(pd.read_parquet(transactions), ids, when(until), when(since) if since else None)
-        path = write_labels(frame, settings.label_dir(platform))
-    except (MlPlatformError, ValueError) as exc:
-        fail(exc)
+    platform = load_settings(PlatformSettings, work_dir=work_dir)
+    settings = _monitor_settings(prediction_log_dir=prediction_log_dir, labels_dir=labels_dir)
+    if not transactions.is_file():
+        raise ConfigError(f"--transactions {transactions} does not exist")
+    served = load_predictions(settings.log_dir(platform), settings.monitored_model(platform), float("-inf"))
+    ids = {k for k in map(record_key, served) if k}
+    known_by, emitted = parse_time(until, "--until"), parse_time(since, "--since") if since else None
+    frame = emit_labels(pd.read_parquet(transactions), ids, known_by, emitted)
+    path = write_labels(frame, settings.label_dir(platform))
     print(json.dumps({"labels": len(frame), "served": len(ids), "file": str(path) if path else None}))

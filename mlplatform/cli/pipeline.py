@@ -24,6 +24,7 @@ from mlplatform.cli.common import (
     WarmupDays,
     console,
     fail,
+    guarded,
     pipeline_params,
 )
 from mlplatform.errors import ConfigError
@@ -33,6 +34,7 @@ pipeline_app = typer.Typer(help="Compile or submit the training pipeline.", no_a
 
 
 @pipeline_app.command("compile")
+@guarded
 def pipeline_compile(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the IR YAML.")] = Path(
         "build/training_pipeline.yaml"
@@ -45,6 +47,7 @@ def pipeline_compile(
 
 
 @pipeline_app.command("submit")
+@guarded
 def pipeline_submit(
     host: Annotated[
         str,
@@ -76,15 +79,12 @@ def pipeline_submit(
     from urllib.parse import urlparse
 
     options = dict(locals())
-    try:
-        parsed = urlparse(host)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(f"--host must be an http(s) URL such as http://localhost:8888, got {host!r}")
-        params = pipeline_params(options)
-        if package is not None and not package.is_file():
-            raise ConfigError(f"--package {package} does not exist")
-    except ConfigError as exc:
-        fail(exc)
+    parsed = urlparse(host)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"--host must be an http(s) URL such as http://localhost:8888, got {host!r}")
+    params = pipeline_params(options)
+    if package is not None and not package.is_file():
+        raise ConfigError(f"--package {package} does not exist")
     pkg = package or compile_package()
     try:
         run_id = submit(host, pkg, params, experiment, run_name)
@@ -95,6 +95,7 @@ def pipeline_submit(
 
 
 @pipeline_app.command("schedule")
+@guarded
 def pipeline_schedule(
     host: Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8888.")],
     cron: Annotated[
@@ -113,12 +114,9 @@ def pipeline_schedule(
     """Create a recurring run on Kubeflow Pipelines: scheduled retraining (trigger=schedule)."""
 
     options = {"n_transactions": n_transactions, "n_days": n_days, "seed": seed, "max_epochs": max_epochs}
-    try:
-        params = pipeline_params({**options, "trigger": "schedule"})
-        if package is not None and not package.is_file():
-            raise ConfigError(f"--package {package} does not exist")
-    except ConfigError as exc:
-        fail(exc)
+    params = pipeline_params({**options, "trigger": "schedule"})
+    if package is not None and not package.is_file():
+        raise ConfigError(f"--package {package} does not exist")
     pkg = package or compile_package()
     try:
         recurring_run_id = schedule(host, pkg, params, experiment, name, cron)

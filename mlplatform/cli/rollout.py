@@ -13,7 +13,7 @@ from mlplatform.cli.common import (
     Target,
     WorkDir,
     console,
-    fail,
+    guarded,
 )
 from mlplatform.deploy.artifact import resolve
 from mlplatform.deploy.cluster import kubernetes_client
@@ -23,24 +23,25 @@ from mlplatform.rollout.backends import ClusterBackend, report_root
 from mlplatform.rollout.controller import ControlFile
 from mlplatform.rollout.settings import CanarySettings
 from mlplatform.rollout.start import run_rollout
-from mlplatform.settings import PlatformSettings
+from mlplatform.settings import PlatformSettings, load_settings
 
 rollout_app = typer.Typer(help="Canary rollouts: start one, watch it, or decide it by hand.", no_args_is_help=True)
 
 
-def _rollout_settings(work_dir: Path, target: str | None) -> tuple[PlatformSettings, Any]:
+def _rollout_settings(work_dir: Path | None, target: str | None) -> tuple[PlatformSettings, CanarySettings]:
 
-    settings = PlatformSettings(work_dir=work_dir, **({"deploy_target": target} if target else {}))
-    return settings, CanarySettings()
+    settings = load_settings(PlatformSettings, work_dir=work_dir, deploy_target=target)
+    return settings, load_settings(CanarySettings)
 
 
 @rollout_app.command("start")
+@guarded
 def rollout_start(
     version: Annotated[
         str | None, typer.Option("--version", help="Version to roll out (default: the challenger alias).")
     ] = None,
     target: Target = None,
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
     port: Annotated[int, typer.Option("--port", help="Local: port of the splitter (the endpoint).")] = 8080,
     replay: Annotated[
         bool, typer.Option("--replay/--no-replay", help="Local: replay recent transactions through the endpoint.")
@@ -48,59 +49,54 @@ def rollout_start(
 ) -> None:
     """Roll a version out against the champion, step by step, until it is promoted or rolled back."""
 
-    try:
-        settings, canary = _rollout_settings(work_dir, target)
-        champion = resolve(settings, registry.CHAMPION)
-        challenger = (
-            registry.get_version(settings.registered_model_name, version)
-            if version
-            else resolve(settings, registry.CHALLENGER)
-        )
-        report = run_rollout(
-            settings,
-            canary,
-            champion,
-            challenger,
-            log=console.print,
-            port=port,
-            replay=replay,
-            on_open=lambda backend: (
-                console.print(f"endpoint: {backend.predict_url}  (status: mlplatform rollout status)")
-                if backend.in_process
-                else None
-            ),
-        )
-    except (MlPlatformError, ValueError) as exc:
-        fail(exc)
+    settings, canary = _rollout_settings(work_dir, target)
+    champion = resolve(settings, registry.CHAMPION)
+    challenger = (
+        registry.get_version(settings.registered_model_name, version)
+        if version
+        else resolve(settings, registry.CHALLENGER)
+    )
+    report = run_rollout(
+        settings,
+        canary,
+        champion,
+        challenger,
+        log=console.print,
+        port=port,
+        replay=replay,
+        on_open=lambda backend: (
+            console.print(f"endpoint: {backend.predict_url}  (status: mlplatform rollout status)")
+            if backend.in_process
+            else None
+        ),
+    )
     from rich.markdown import Markdown
 
     console.print(Markdown(report.to_markdown()))
 
 
 @rollout_app.command("status")
-def rollout_status(target: Target = None, work_dir: WorkDir = Path(".mlplatform")) -> None:
+@guarded
+def rollout_status(target: Target = None, work_dir: WorkDir = None) -> None:
     """The rollout in progress (local), or the InferenceService's traffic split (cluster), and the aliases."""
 
-    try:
-        settings, _ = _rollout_settings(work_dir, target)
-        registry.configure(settings)
-        aliases = {
-            a: (v.version if (v := registry.get_alias(settings.registered_model_name, a)) else None)
-            for a in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS)
-        }
-        if settings.deploy_target == "cluster":
-            from dataclasses import asdict
+    settings, _ = _rollout_settings(work_dir, target)
+    registry.configure(settings)
+    aliases = {
+        a: (v.version if (v := registry.get_alias(settings.registered_model_name, a)) else None)
+        for a in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS)
+    }
+    if settings.deploy_target == "cluster":
+        from dataclasses import asdict
 
-            live = get(settings.registered_model_name, settings.deploy_namespace, kubernetes_client())
-            status: dict[str, Any] = {"target": "cluster", **asdict(predictor_traffic(live))}
-        else:
-            status = ControlFile(report_root(settings) / "current.json").read() or {"state": "no rollout yet"}
-    except (MlPlatformError, ValueError, RuntimeError) as exc:
-        fail(exc)
+        live = get(settings.registered_model_name, settings.deploy_namespace, kubernetes_client())
+        status: dict[str, Any] = {"target": "cluster", **asdict(predictor_traffic(live))}
+    else:
+        status = ControlFile(report_root(settings) / "current.json").read() or {"state": "no rollout yet"}
     print(json.dumps({"aliases": aliases, **status}, indent=2, default=str))
 
 
-def _decide(action: str, version: str | None, record_only: bool, target: str | None, work_dir: Path) -> None:
+def _decide(action: str, version: str | None, record_only: bool, target: str | None, work_dir: Path | None) -> None:
     """Promote or roll back by hand: through the running local controller, or directly on a cluster."""
     import time
 
@@ -152,28 +148,24 @@ VersionOpt = Annotated[str | None, typer.Option("--version", help="Version conce
 
 
 @rollout_app.command("promote")
+@guarded
 def rollout_promote(
     version: VersionOpt = None,
     record_only: RecordOnly = False,
     target: Target = None,
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
 ) -> None:
     """Promote now: the running rollout's canary (local), or the challenger on the cluster."""
-    try:
-        _decide("promote", version, record_only, target, work_dir)
-    except (MlPlatformError, ValueError, RuntimeError) as exc:
-        fail(exc)
+    _decide("promote", version, record_only, target, work_dir)
 
 
 @rollout_app.command("rollback")
+@guarded
 def rollout_rollback(
     version: VersionOpt = None,
     record_only: RecordOnly = False,
     target: Target = None,
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
 ) -> None:
     """Roll back now: all traffic to the champion; the challenger alias is removed."""
-    try:
-        _decide("rollback", version, record_only, target, work_dir)
-    except (MlPlatformError, ValueError, RuntimeError) as exc:
-        fail(exc)
+    _decide("rollback", version, record_only, target, work_dir)

@@ -12,11 +12,12 @@ from rich.table import Table
 from mlplatform import mltestscore
 from mlplatform.cli.common import (
     console,
-    fail,
+    guarded,
 )
 
 
 # ---------------------------------------------------------------- ML Test Score (issue 8)
+@guarded
 def score_command(
     run_tests: Annotated[
         bool, typer.Option("--run/--no-run", help="Run the mapped tests and count only the passing ones.")
@@ -27,10 +28,7 @@ def score_command(
 ) -> None:
     """The ML Test Score (Breck et al. 2017): each of the 28 checks mapped to this project's tests and monitoring."""
 
-    try:
-        result = mltestscore.score(run=run_tests)
-    except (RuntimeError, ValueError, OSError) as exc:
-        fail(exc)
+    result = mltestscore.score(run=run_tests)
     table = Table(title="ML Test Score")
     for column in ("check", "title", "score", "how", "covered by"):
         table.add_column(column)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,14 +12,14 @@ from mlplatform.cli.common import (
     WorkDir,
     console,
     err_console,
-    fail,
+    guarded,
 )
 from mlplatform.deploy import artifact, cluster
-from mlplatform.errors import MlPlatformError
 from mlplatform.local.serving import serve_local
-from mlplatform.settings import PlatformSettings
+from mlplatform.settings import PlatformSettings, load_settings
 
 
+@guarded
 def deploy(
     alias: Alias = "champion",
     target: Annotated[
@@ -31,42 +30,37 @@ def deploy(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the InferenceService; apply nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the service is Ready.")] = True,
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
     port: Annotated[int, typer.Option("--port", help="Local transformer port.")] = 8080,
 ) -> None:
     """Deploy the version behind a registry alias: an InferenceService on a cluster, or processes on localhost."""
     import yaml
 
-    try:
-        settings = PlatformSettings(work_dir=work_dir, **({"deploy_target": target} if target else {}))
-        if dry_run:
-            version = artifact.resolve(settings, alias)
-            uri = (
-                artifact.storage_uri(version.source, settings)
-                if settings.deploy_target == "cluster"
-                else artifact.prepare_local(settings, version).as_uri()
-            )
-            print(yaml.safe_dump(cluster.render_manifest(settings, version, uri, canary_percent), sort_keys=False))
-            return
-        if settings.deploy_target == "local":
-            _serve_until_interrupted(settings, alias, port)
-            return
-        result = cluster.deploy(settings, alias, canary_percent, wait=wait)
-    except (MlPlatformError, ValueError, RuntimeError) as exc:
-        fail(exc)
+    settings = load_settings(PlatformSettings, work_dir=work_dir, deploy_target=target)
+    if dry_run:
+        version = artifact.resolve(settings, alias)
+        uri = (
+            artifact.storage_uri(version.source, settings)
+            if settings.deploy_target == "cluster"
+            else artifact.prepare_local(settings, version).as_uri()
+        )
+        print(yaml.safe_dump(cluster.render_manifest(settings, version, uri, canary_percent), sort_keys=False))
+        return
+    if settings.deploy_target == "local":
+        _serve_until_interrupted(settings, alias, port)
+        return
+    result = cluster.deploy(settings, alias, canary_percent, wait=wait)
     print(json.dumps({k: v for k, v in json.loads(result.to_json()).items() if k != "manifest"}))
 
 
+@guarded
 def serve(
     alias: Alias = "champion",
     port: Annotated[int, typer.Option("--port", help="Port of the endpoint (the transformer).")] = 8080,
-    work_dir: WorkDir = Path(".mlplatform"),
+    work_dir: WorkDir = None,
 ) -> None:
     """Serve a registered version on localhost (transformer + predictor) until Ctrl-C."""
-    try:
-        settings = PlatformSettings(work_dir=work_dir)
-    except ValueError as exc:
-        fail(exc)
+    settings = load_settings(PlatformSettings, work_dir=work_dir)
     _serve_until_interrupted(settings, alias, port)
 
 
@@ -82,8 +76,6 @@ def _serve_until_interrupted(settings: PlatformSettings, alias: str, port: int) 
     except KeyboardInterrupt:
         console.print("stopped before the servers were ready")
         return
-    except Exception as exc:  # ArtifactInvalid, ServingStartError, ConfigError
-        fail(exc)
     crashed = False
     try:  # from here on, whatever is interrupted, the servers are stopped
         console.print(

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from mlplatform.errors import MlPlatformError
+
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 RUNTIME_NAME = "mlplatform-fraud"
 MODEL_FORMAT = "mlplatform-fraud-mlp"
@@ -89,7 +91,7 @@ def render(spec: ServiceSpec) -> dict[str, Any]:
     }
 
 
-class DeployError(RuntimeError):
+class DeployError(MlPlatformError):
     """The InferenceService could not be applied or did not become ready."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from mlplatform.deploy.cluster import DeployResult, deploy, serving_env
+from mlplatform.errors import MlPlatformError
 from mlplatform.settings import PROJECT_ROOT, PlatformSettings
 
 
@@ -45,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServingStartError(RuntimeError):
+class ServingStartError(MlPlatformError):
     """A serving process exited or did not become ready."""
 
 

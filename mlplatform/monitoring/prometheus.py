@@ -8,8 +8,10 @@ from typing import Any
 
 import httpx
 
+from mlplatform.errors import MlPlatformError
 
-class PrometheusError(Exception):
+
+class PrometheusError(MlPlatformError):
     """Prometheus could not answer a query."""
 
 

@@ -18,12 +18,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlplatform import metric_names
+from mlplatform.errors import MlPlatformError
 from mlplatform.monitoring.prometheus import PrometheusUnavailable
 from mlplatform.rollout import promql
 from mlplatform.rollout.analysis import Snapshot, StepEvidence, between, was_reset
 
 
-class EvidenceUnavailable(Exception):
+class EvidenceUnavailable(MlPlatformError):
     """The evidence source could not be read (Prometheus or a /metrics endpoint down): the step waits."""
 
 

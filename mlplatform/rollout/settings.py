@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlplatform.settings import load_settings
 
 
 class CanarySettings(BaseSettings):
@@ -144,12 +148,21 @@ class CanarySettings(BaseSettings):
 
 
 #: Rollout settings of the local loop (`mlplatform run`, the local pipeline): windows of seconds instead of
-#: minutes, since locally the only traffic is replayed at a few dozen requests per second. Applied where the
-#: environment does not set them (mlplatform.orchestration.runner.run_local).
-LOCAL_PROFILE = {
-    "MLPLATFORM_CANARY_STEP_WINDOW_SECONDS": "5",
-    "MLPLATFORM_CANARY_ANALYSIS_INTERVAL_SECONDS": "1",
-    "MLPLATFORM_CANARY_MIN_REQUESTS": "20",
-    "MLPLATFORM_CANARY_STEP_MAX_WAIT_SECONDS": "120",
-    "MLPLATFORM_CANARY_P99_LATENCY_TOLERANCE_SECONDS": "0.01",
+#: minutes, since locally the only traffic is replayed at a few dozen requests per second.
+LOCAL_PROFILE: dict[str, Any] = {
+    "step_window_seconds": 5,
+    "analysis_interval_seconds": 1.0,
+    "min_requests": 20,
+    "step_max_wait_seconds": 120.0,
+    "p99_latency_tolerance_seconds": 0.01,
 }
+
+
+def local_profile() -> CanarySettings:
+    """Canary settings of a local run: MLPLATFORM_CANARY_* variables win, then LOCAL_PROFILE, then the defaults.
+
+    Raises:
+        ConfigError: A variable or a profile value is invalid (a misspelt field name included).
+    """
+    from_env = load_settings(CanarySettings).model_fields_set
+    return load_settings(CanarySettings, **{k: v for k, v in LOCAL_PROFILE.items() if k not in from_env})

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mlplatform.errors import MlPlatformError
 from mlplatform.training.model import FraudMLP, ModelConfig, build_model
 
 #: The checkpoint a run writes (and overwrites, atomically) in its checkpoint directory.
@@ -33,7 +34,7 @@ LR_SCHEDULES = ("constant", "cosine")
 MEASURED_DEFAULTS: dict[str, tuple[bool, bool]] = {"cpu": (False, False), "cuda": (False, False)}
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(MlPlatformError):
     """A checkpoint exists but belongs to another run (other data, model or hyperparameters)."""
 
 

@@ -48,7 +48,7 @@ def test_a_check_whose_tests_are_gone_scores_only_its_documented_manual_procedur
 
 
 def test_a_marker_naming_an_unknown_check_is_refused() -> None:
-    with pytest.raises(ValueError, match="data-1 .. monitor-7"):
+    with pytest.raises(mltestscore.ScoreError, match="data-1 .. monitor-7"):
         mltestscore.mapped_tests({"tests/x.py::test_y": ["data-99"]})
 
 
