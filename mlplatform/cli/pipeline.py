@@ -23,7 +23,6 @@ from mlplatform.cli.common import (
     ValidationDays,
     WarmupDays,
     console,
-    fail,
     guarded,
     pipeline_params,
 )
@@ -86,10 +85,7 @@ def pipeline_submit(
     if package is not None and not package.is_file():
         raise ConfigError(f"--package {package} does not exist")
     pkg = package or compile_package()
-    try:
-        run_id = submit(host, pkg, params, experiment, run_name)
-    except Exception as exc:  # the KFP client raises ApiException, urllib3 and connection errors
-        fail(f"could not create the run on {host}: {exc}")
+    run_id = submit(host, pkg, params, experiment, run_name)
     # Plain print: one unwrapped JSON line that scripts can parse.
     print(json.dumps({"run_id": run_id, "host": host, "experiment": experiment}))
 
@@ -118,10 +114,5 @@ def pipeline_schedule(
     if package is not None and not package.is_file():
         raise ConfigError(f"--package {package} does not exist")
     pkg = package or compile_package()
-    try:
-        recurring_run_id = schedule(host, pkg, params, experiment, name, cron)
-    except ConfigError as exc:
-        fail(exc)
-    except Exception as exc:  # the KFP client raises ApiException, urllib3 and connection errors
-        fail(f"could not create the recurring run on {host}: {exc}")
+    recurring_run_id = schedule(host, pkg, params, experiment, name, cron)
     print(json.dumps({"recurring_run_id": recurring_run_id, "host": host, "cron": cron, "name": name}))
