@@ -10,7 +10,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-LABELS = ("model_name", "model_version", "role", "component")
+from mlplatform import metric_names as names
+
+LABELS = names.SERVING_LABELS
 #: Latency buckets (seconds) fine enough to read a 10 ms p99 off them.
 LATENCY_BUCKETS = (
     0.0005,
@@ -33,7 +35,7 @@ LATENCY_BUCKETS = (
 #: Score buckets: twenty equal-width bins on [0, 1], so canary analysis can compare score distributions.
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
-OUTCOMES = ("ok", "invalid", "unauthorized", "unavailable", "error")
+OUTCOMES = names.OUTCOMES
 
 
 class ServingMetrics:
@@ -57,70 +59,70 @@ class ServingMetrics:
     ) -> None:
         self.labels = {"model_name": model_name, "model_version": model_version, "role": role, "component": component}
         self.requests = Counter(
-            "mlplatform_inference_requests_total",
+            names.REQUESTS,
             "Inference requests answered, by outcome (ok, invalid, unauthorized, unavailable, error).",
             (*LABELS, "outcome"),
             registry=registry,
         )
         self.instances = Counter(
-            "mlplatform_inference_instances_total",
+            names.INSTANCES,
             "Transactions scored (a request may carry several).",
             LABELS,
             registry=registry,
         )
         self.stage_seconds = Histogram(
-            "mlplatform_inference_stage_seconds",
+            names.STAGE_SECONDS,
             "Latency of each serving stage (validate, features, predict, postprocess, total).",
             (*LABELS, "stage"),
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.feature_lookup_seconds = Histogram(
-            "mlplatform_feature_lookup_seconds",
+            names.FEATURE_LOOKUP_SECONDS,
             "Latency of one online feature lookup (a whole batch) against the Feast online store.",
             LABELS,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.feature_misses = Counter(
-            "mlplatform_feature_misses_total",
+            names.FEATURE_MISSES,
             "Entities the online store had no features for (defaults were used), by entity.",
             (*LABELS, "entity"),
             registry=registry,
         )
         self.feature_store_errors = Counter(
-            "mlplatform_feature_store_errors_total",
+            names.FEATURE_STORE_ERRORS,
             "Failed online feature lookups, by reason (timeout, error).",
             (*LABELS, "reason"),
             registry=registry,
         )
         self.score = Histogram(
-            "mlplatform_prediction_score",
+            names.SCORE,
             "Fraud scores returned.",
             LABELS,
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
         self.fallbacks = Counter(
-            "mlplatform_prediction_fallbacks_total",
+            names.FALLBACKS,
             "Scores replaced by the fallback heuristic, by reason (non_finite, out_of_range, features_unavailable).",
             (*LABELS, "reason"),
             registry=registry,
         )
         self.model_info = Gauge(
-            "mlplatform_model_info",
+            names.MODEL_INFO,
             "The served model (value 1); its identity is in the labels.",
             (*LABELS, "mlflow_run_id"),
             registry=registry,
         )
         self.log_records = Counter(
-            "mlplatform_prediction_log_records_total",
+            names.PREDICTION_LOG_RECORDS,
             "Prediction log records written to durable storage.",
             LABELS,
             registry=registry,
         )
         self.log_errors = Counter(
-            "mlplatform_prediction_log_errors_total",
+            names.PREDICTION_LOG_ERRORS,
             "Prediction log write failures (records are kept in memory and retried).",
             LABELS,
             registry=registry,

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlplatform.metric_names import ANALYSED_COMPONENT, LATENCY_STAGE
+from mlplatform.metric_names import (
+    ANALYSED_COMPONENT,
+    FALLBACKS,
+    FEATURE_LOOKUP_SECONDS,
+    LATENCY_STAGE,
+    PREDICTION_LOG_ERRORS,
+    PREDICTION_LOG_RECORDS,
+    REQUESTS,
+    SCORE_BUCKET,
+    SERVER_ERROR_OUTCOMES,
+    STAGE_SECONDS,
+)
 from mlplatform.settings import PROJECT_ROOT
 
 ROOT = PROJECT_ROOT
@@ -28,11 +39,9 @@ CLIENT = f'{MODEL},component="transformer"'
 #: per-version panel reads the predictor's series; the transformer's are client-facing totals.
 VERSIONED = f'{MODEL},component="{ANALYSED_COMPONENT}"'
 RATE = "$__rate_interval"
-REQUESTS = "mlplatform_inference_requests_total"
-SERVER_ERRORS = f'{CLIENT},outcome=~"error|unavailable"'
-VERSIONED_ERRORS = f'{VERSIONED},outcome=~"error|unavailable"'
-STAGE = "mlplatform_inference_stage_seconds"
-SCORE_BUCKET = "mlplatform_prediction_score_bucket"
+_SERVER_ERROR_RE = "|".join(SERVER_ERROR_OUTCOMES)
+SERVER_ERRORS = f'{CLIENT},outcome=~"{_SERVER_ERROR_RE}"'
+VERSIONED_ERRORS = f'{VERSIONED},outcome=~"{_SERVER_ERROR_RE}"'
 BELOW_HALF, ALL_SCORES = ',le="0.5"', ',le="+Inf"'
 
 
@@ -150,12 +159,12 @@ def serving_overview() -> dict[str, Any]:
             ),
             Panel(
                 "Model latency per version (predictor, p50/p95/p99)",
-                _quantiles(STAGE, f'{VERSIONED},stage="{LATENCY_STAGE}"', by),
+                _quantiles(STAGE_SECONDS, f'{VERSIONED},stage="{LATENCY_STAGE}"', by),
                 unit="s",
             ),
             Panel(
                 "End-to-end latency (transformer, every version)",
-                _quantiles(STAGE, f'{CLIENT},stage="total"', None),
+                _quantiles(STAGE_SECONDS, f'{CLIENT},stage="total"', None),
                 unit="s",
             ),
             Panel(
@@ -173,7 +182,7 @@ def serving_overview() -> dict[str, Any]:
                 [
                     (
                         "histogram_quantile(0.99, sum by (le, component, stage) "
-                        f"(rate({STAGE}_bucket{{{MODEL}}}[{RATE}])))",
+                        f"(rate({STAGE_SECONDS}_bucket{{{MODEL}}}[{RATE}])))",
                         "{{component}} {{stage}}",
                     )
                 ],
@@ -183,7 +192,7 @@ def serving_overview() -> dict[str, Any]:
                 "Fallback scores by reason",
                 [
                     (
-                        _rate("mlplatform_prediction_fallbacks_total", MODEL, "reason, component"),
+                        _rate(FALLBACKS, MODEL, "reason, component"),
                         "{{component}} {{reason}}",
                     )
                 ],
@@ -192,8 +201,8 @@ def serving_overview() -> dict[str, Any]:
             Panel(
                 "Prediction log: records written and write errors (transformer)",
                 [
-                    (_rate("mlplatform_prediction_log_records_total", MODEL), "records"),
-                    (_rate("mlplatform_prediction_log_errors_total", MODEL), "errors"),
+                    (_rate(PREDICTION_LOG_RECORDS, MODEL), "records"),
+                    (_rate(PREDICTION_LOG_ERRORS, MODEL), "errors"),
                 ],
                 unit="ops",
             ),
@@ -247,7 +256,7 @@ def canary_comparison() -> dict[str, Any]:
             ),
             Panel(
                 "p99 model latency by role (predictor)",
-                _quantiles(STAGE, f'{VERSIONED},stage="{LATENCY_STAGE}"', role)[2:],
+                _quantiles(STAGE_SECONDS, f'{VERSIONED},stage="{LATENCY_STAGE}"', role)[2:],
                 unit="s",
             ),
             Panel(
@@ -396,7 +405,7 @@ def feature_store() -> dict[str, Any]:
         [
             Panel(
                 "Lookup latency",
-                _quantiles("mlplatform_feature_lookup_seconds", MODEL, None),
+                _quantiles(FEATURE_LOOKUP_SECONDS, MODEL, None),
                 unit="s",
                 width=24,
             ),
