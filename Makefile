@@ -51,6 +51,7 @@ run: venv ## the main job: v1 trained and served as champion; v2 trained, canari
 test: venv services tools ## every test that can run on this machine
 	$(VENV)/bin/ruff check mlplatform components pipelines serving tests benchmarks feature_repo
 	$(VENV)/bin/ruff format --check mlplatform components pipelines serving tests benchmarks feature_repo
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 .PHONY: tools
