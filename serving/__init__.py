@@ -1,1 +1,1 @@
-"""Online inference (KServe predictor and Feast transformer): not built yet, see docs/architecture.md."""
+"""The KServe model server: the transformer (Feast online features, model input) and the predictor (the model)."""

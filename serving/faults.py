@@ -1,10 +1,10 @@
 """A deliberately broken predictor for rollout drills: what a bad model version does, on demand.
 
-Rollback is only as good as the last time it was exercised. `mlplatform rollout drill` (and the
-rollout tests) canary a version served by this predictor instead of `serving.predictor`, with one
-fault switched on by MLPLATFORM_FAULT_* variables, and measure how fast the rollout detects it and
-restores the stable version. Never part of a real deployment: the InferenceService runs
-`serving.predictor`; this module is started only by name, locally.
+Rollback is only as good as the last time it was exercised. The local rollout tests
+(tests/e2e/test_rollout_local.py, through `LocalBackend`'s `canary_predictor_module`) canary a version
+served by this predictor instead of `serving.predictor`, with one fault switched on by MLPLATFORM_FAULT_*
+variables, and check that the rollout detects it and restores the stable version. Never part of a real
+deployment: the InferenceService runs `serving.predictor`; this module is started only by name, locally.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every PromQL query canary analysis runs, a small Prometheus HTTP API client, and evidence collection."""
+"""Every PromQL query canary analysis runs, and evidence collection (client: mlplatform.monitoring.prometheus)."""
 
 from __future__ import annotations
 

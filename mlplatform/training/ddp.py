@@ -29,7 +29,7 @@ RESULT_FILE = "training_result.json"
 
 
 def save_training_data(path: Path, arrays: dict[str, np.ndarray], feature_names: list[str]) -> Path:
-    """Write the arrays `train_ddp` reads (`DATA_KEYS`) and the feature names to one .npz (no pickle)."""
+    """Write the arrays this entry point reads (`DATA_KEYS`) and the feature names to one .npz (no pickle)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     contents: dict[str, Any] = {"feature_names": np.array(feature_names), **{k: arrays[k] for k in DATA_KEYS}}
     np.savez(path, **contents)

@@ -4,7 +4,7 @@ Everything is a real local process: the champion served by a transformer + predi
 store, prediction log), the drift monitor (`python -m mlplatform.monitoring.exporter`), the alert webhook
 (`python -m mlplatform.feedback.webhook`, backend local: it starts `mlplatform run` in a child process), a
 Prometheus server scraping the monitor, the webhook and the serving pair while evaluating the project's
-rules (`for` capped by `localprom.shortened_rules`), and an Alertmanager routing to the webhook.
+rules (`for` capped by `mlplatform.local.prometheus.shortened_rules`), and an Alertmanager routing to the webhook.
 
 Data: one generated stream of `history_days + 1` days. The first `history_days` are the data lake
 snapshot (`history.parquet`): the champion is trained on it and the online store holds its latest

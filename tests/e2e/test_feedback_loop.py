@@ -2,7 +2,7 @@
 webhook -> retraining run -> challenger registered -> canary rollout -> promoted or rolled back.
 
 Real Prometheus and Alertmanager servers (Debian packages) evaluate the project's rules (`for` capped at 1 s
-by localprom.shortened_rules); the monitor and the webhook run as their own processes; the champion is
+by mlplatform.local.prometheus.shortened_rules); the monitor and the webhook run as their own processes; the champion is
 served by real transformer + predictor pairs reading the Feast online store; the webhook starts the real
 local pipeline (kfp.local) in a child process. Nothing is mocked. The set-up, the traffic and every wait
 live in loop_harness.py (shared with benchmarks/bench_feedback_loop.py); this module asserts each link.

@@ -1,7 +1,7 @@
 """The real alert chain: Prometheus evaluates our rules on a scraped gauge -> Alertmanager -> the webhook receiver.
 
 Real Prometheus and Alertmanager processes (Debian packages), the receiver's real HTTP app under uvicorn, and
-the project's rules file with only the `for` durations capped at 1 s (localprom.shortened_rules). The
+the project's rules file with only the `for` durations capped at 1 s (mlplatform.local.prometheus.shortened_rules). The
 retraining run itself is a stub function (a real local pipeline run takes minutes on this machine); the run's
 trigger parameter is checked, and tests/unit/test_webhook.py and the register step cover the rest.
 """
