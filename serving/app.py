@@ -1,10 +1,9 @@
-"""What both serving processes add to KServe's FastAPI app: error statuses, bearer auth, a body size limit."""
+"""What both serving processes add to KServe's FastAPI app: error statuses, and the platform's guard (bearer auth,
+a body size limit, an in-flight limit: mlplatform.http.Guard)."""
 
 from __future__ import annotations
 
 import argparse
-import hmac
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,11 +12,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from kserve import Model, ModelServer, model_server
 
+from mlplatform.http import MAX_BODY_BYTES, BodyTooLarge, Guard
 from serving.errors import install_handlers
 from serving.settings import ServingSettings
 
-#: Largest request body accepted (bytes); a batch of max_batch_size transactions is far smaller.
-MAX_BODY_BYTES = 1024 * 1024
 #: Paths that run a model and so need the token when one is set (health and metrics stay open).
 _PROTECTED_PREFIXES = ("/v1/models/", "/v2/models/")
 
@@ -26,15 +24,36 @@ def _is_inference(path: str) -> bool:
     return path.startswith(_PROTECTED_PREFIXES) and (path.endswith(":predict") or path.endswith("/infer"))
 
 
-class GuardMiddleware:
-    """Pure ASGI middleware in front of KServe's app: 401 without the bearer token (when one is configured),
-    413 for oversize bodies, 503 + Retry-After when `max_inflight` inference requests are already running.
+def _json_by_default(scope: dict[str, Any]) -> dict[str, Any]:
+    """Open Inference Protocol: without Inference-Header-Content-Length a POST body is JSON (tritonclient sends no
+    Content-Type); KServe would otherwise read it as binary tensor data."""
+    headers = dict(scope["headers"])
+    if (
+        scope["method"] == "POST"
+        and b"content-type" not in headers
+        and b"inference-header-content-length" not in headers
+    ):
+        return {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+    return scope
+
+
+def _binary_header_is_a_count(headers: dict[bytes, bytes]) -> str | None:
+    length = headers.get(b"inference-header-content-length")
+    if length is not None and not length.isdigit():
+        return "Inference-Header-Content-Length must be a byte count (digits only)"
+    return None
+
+
+class GuardMiddleware(Guard):
+    """The platform's `Guard` in front of KServe's app: token and in-flight limit on the inference routes, the body
+    limit everywhere, JSON by default (Open Inference Protocol).
 
     Args:
         app: The wrapped ASGI app.
         token: Required bearer token, or None for no check.
         max_inflight: Inference requests in progress at once.
-        on_reject: Called with the outcome (unauthorized, unavailable) of each request turned away.
+        on_reject: Called with the request outcome (unauthorized, unavailable) of each inference request turned
+            away; an oversize body is not an inference outcome.
         max_body_bytes: Largest accepted body.
     """
 
@@ -46,96 +65,20 @@ class GuardMiddleware:
         on_reject: Callable[[str], None] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-        self.max_inflight = max_inflight
-        self.on_reject = on_reject or (lambda outcome: None)
-        self.max_body_bytes = max_body_bytes
-        self.inflight = 0
+        def counted(outcome: str) -> None:
+            if on_reject is not None and outcome in ("unauthorized", "unavailable"):
+                on_reject(outcome)
 
-    async def _reject(self, send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
-        body = json.dumps({"error": message}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                + headers,
-            }
+        super().__init__(
+            app,
+            token,
+            protected=_is_inference,
+            max_inflight=max_inflight,
+            on_reject=counted,
+            max_body_bytes=max_body_bytes,
+            rewrite_scope=_json_by_default,
+            check_headers=_binary_header_is_a_count,
         )
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        if (
-            scope["method"] == "POST"
-            and b"content-type" not in headers
-            and b"inference-header-content-length" not in headers
-        ):
-            # Open Inference Protocol: without Inference-Header-Content-Length the body is JSON (tritonclient
-            # sends no Content-Type); KServe would otherwise read it as binary tensor data.
-            scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
-        inference = _is_inference(scope["path"])
-        if self.token is not None and inference:
-            supplied = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(supplied, b"Bearer " + self.token):
-                self.on_reject("unauthorized")
-                await self._reject(
-                    send,
-                    401,
-                    "missing or wrong bearer token (Authorization: Bearer <token>)",
-                    [(b"www-authenticate", b"Bearer")],
-                )
-                return
-        header_length = headers.get(b"inference-header-content-length")
-        if header_length is not None and not header_length.isdigit():
-            await self._reject(send, 400, "Inference-Header-Content-Length must be a byte count (digits only)", [])
-            return
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await self._reject(send, 413, f"request body larger than {self.max_body_bytes} bytes", [])
-            return
-        if inference and self.inflight >= self.max_inflight:
-            self.on_reject("unavailable")
-            await self._reject(
-                send, 503, f"overloaded: {self.inflight} requests in progress; retry shortly", [(b"retry-after", b"1")]
-            )
-            return
-        if length is None and scope["method"] in ("POST", "PUT"):
-            receive = self._limited(receive)
-        if not inference:
-            await self.app(scope, receive, send)
-            return
-        self.inflight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.inflight -= 1
-
-    def _limited(self, receive: Any) -> Any:
-        seen = 0
-        limit = self.max_body_bytes
-
-        async def wrapped() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        return wrapped
-
-
-class BodyTooLarge(ValueError):
-    """A chunked body grew past the limit."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body larger than {limit} bytes")
 
 
 def prepare_app(

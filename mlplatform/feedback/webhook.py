@@ -17,7 +17,6 @@ Run it with `mlplatform webhook` or `python -m mlplatform.feedback.webhook`; `/m
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import sys
@@ -34,12 +33,13 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.errors import ConfigError, MlPlatformError
 from mlplatform.feedback.launchers import KfpLauncher, Launcher, LocalLauncher, RunHandle
+from mlplatform.http import BodyTooLarge, Guard, metrics_payload
 from mlplatform.params import PipelineParams, parse_params
 from mlplatform.processes import init_process
 from mlplatform.settings import PlatformSettings
@@ -392,7 +392,6 @@ def create_app(retrainer: Retrainer, settings: WebhookSettings) -> FastAPI:
 
     A background thread polls the runs every `run_poll_interval_seconds` while the app runs.
     """
-    token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
     metrics = retrainer.metrics
 
     @asynccontextmanager
@@ -418,18 +417,7 @@ def create_app(retrainer: Retrainer, settings: WebhookSettings) -> FastAPI:
 
     @app.post("/alerts")
     async def alerts(request: Request) -> JSONResponse:
-        if token is not None:
-            sent = request.headers.get("authorization", "")
-            if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token)):
-                return error(
-                    401,
-                    "unauthorized",
-                    "missing or wrong bearer token: set http_config.authorization in the Alertmanager receiver",
-                    {"WWW-Authenticate": "Bearer"},
-                )
         body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            return error(413, "too_large", f"body of {len(body)} bytes exceeds {settings.max_body_bytes}")
         try:
             payload = parse_payload(body)
         except PayloadInvalid as exc:
@@ -444,8 +432,22 @@ def create_app(retrainer: Retrainer, settings: WebhookSettings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = metrics_payload(metrics.registry)
+        return Response(body, media_type=content_type)
 
+    async def too_large(_: Request, exc: Exception) -> JSONResponse:
+        return error(413, "too_large", str(exc))
+
+    app.add_exception_handler(BodyTooLarge, too_large)
+    app.add_middleware(
+        Guard,
+        token=settings.auth_token.get_secret_value() if settings.auth_token else None,
+        protected=lambda path: path == "/alerts",
+        unauthorized_message="missing or wrong bearer token: set http_config.authorization in the Alertmanager "
+        "receiver",
+        on_reject=lambda outcome: metrics.notifications.labels(outcome=outcome).inc(),
+        max_body_bytes=settings.max_body_bytes,
+    )
     return app
 
 

@@ -28,13 +28,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mlplatform.http import MetricsServer
 from mlplatform.monitoring.drift import MonitorResult
 from mlplatform.monitoring.references import ReferenceResolver
 from mlplatform.monitoring.settings import MonitorSettings
@@ -173,7 +172,7 @@ class Monitor:
         )
         self.stop_event = threading.Event()
         self._last_cycle_end = clock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: MetricsServer | None = None
 
     def run_once(self) -> MonitorResult | None:
         """One evaluation: update the gauges and count the outcome of each version (None when it failed)."""
@@ -216,40 +215,21 @@ class Monitor:
 
     def start_http(self) -> int:
         """Serve /metrics and /healthz in a background thread; returns the bound port."""
-        monitor = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(monitor.registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok = monitor.healthy()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"evaluation loop stalled\n", "text/plain")
-                else:
-                    self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer((self.settings.host, self.settings.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="monitor-http", daemon=True).start()
-        return int(self._server.server_address[1])
+        self._server = MetricsServer(
+            self.registry,
+            self.settings.host,
+            self.settings.port,
+            healthy=self.healthy,
+            unhealthy_message="evaluation loop stalled",
+            name="monitor-http",
+        )
+        return self._server.start()
 
     def stop(self) -> None:
         """Stop the loop and the HTTP server."""
         self.stop_event.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     def serve(self) -> None:

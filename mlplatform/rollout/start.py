@@ -10,8 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from prometheus_client import start_http_server
-
+from mlplatform.http import MetricsServer
 from mlplatform.local.traffic import TrafficGenerator, sample_transactions
 from mlplatform.registry import RegisteredVersion
 from mlplatform.rollout.backends import ClusterBackend, LocalBackend, report_root
@@ -96,6 +95,15 @@ def run_rollout(
                 control=ControlFile(root / "current.json") if in_process else None,
                 log=log,
             )
-            if serve_metrics and canary_settings.metrics_port:
-                start_http_server(canary_settings.metrics_port, registry=controller.metrics.registry)
-            return controller.run()
+            server = (
+                MetricsServer(controller.metrics.registry, "0.0.0.0", canary_settings.metrics_port, name="rollout-http")
+                if serve_metrics and canary_settings.metrics_port
+                else None
+            )
+            if server is not None:  # in a pipeline pod: Prometheus scrapes the step while the rollout runs
+                server.start()
+            try:
+                return controller.run()
+            finally:
+                if server is not None:
+                    server.stop()

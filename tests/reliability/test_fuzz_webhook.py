@@ -28,6 +28,7 @@ from tests.reliability.fuzz import (
 )
 
 webhook = pytest.importorskip("mlplatform.feedback.webhook", reason="the webhook receiver is not in this checkout")
+launchers = pytest.importorskip("mlplatform.feedback.launchers")
 
 #: POST routes of the receiver fuzzed with generated bodies.
 ROUTES = ["/alerts"]
@@ -39,7 +40,7 @@ def client() -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
     settings = webhook.WebhookSettings(auth_token=TOKEN, cooldown_seconds=3600)
-    retrainer = webhook.Retrainer(settings, webhook.FunctionLauncher(lambda params: None))
+    retrainer = webhook.Retrainer(settings, launchers.FunctionLauncher(lambda params: None))
     with TestClient(webhook.create_app(retrainer, settings), raise_server_exceptions=False) as test_client:
         test_client.headers["authorization"] = f"Bearer {TOKEN}"
         yield test_client
