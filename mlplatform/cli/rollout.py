@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -16,11 +16,7 @@ from mlplatform.cli.common import (
     guarded,
 )
 from mlplatform.deploy.artifact import resolve
-from mlplatform.deploy.cluster import kubernetes_client
-from mlplatform.deploy.inferenceservice import get, predictor_traffic
-from mlplatform.errors import MlPlatformError
-from mlplatform.rollout.backends import ClusterBackend, report_root
-from mlplatform.rollout.controller import ControlFile
+from mlplatform.rollout import manual
 from mlplatform.rollout.settings import CanarySettings
 from mlplatform.rollout.start import run_rollout
 from mlplatform.settings import PlatformSettings, load_settings
@@ -79,65 +75,13 @@ def rollout_start(
 @guarded
 def rollout_status(target: Target = None, work_dir: WorkDir = None) -> None:
     """The rollout in progress (local), or the InferenceService's traffic split (cluster), and the aliases."""
-
     settings, _ = _rollout_settings(work_dir, target)
-    registry.configure(settings)
-    aliases = {
-        a: (v.version if (v := registry.get_alias(settings.registered_model_name, a)) else None)
-        for a in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS)
-    }
-    if settings.deploy_target == "cluster":
-        from dataclasses import asdict
-
-        live = get(settings.registered_model_name, settings.deploy_namespace, kubernetes_client())
-        status: dict[str, Any] = {"target": "cluster", **asdict(predictor_traffic(live))}
-    else:
-        status = ControlFile(report_root(settings) / "current.json").read() or {"state": "no rollout yet"}
-    print(json.dumps({"aliases": aliases, **status}, indent=2, default=str))
+    print(json.dumps(manual.status(settings), indent=2, default=str))
 
 
 def _decide(action: str, version: str | None, record_only: bool, target: str | None, work_dir: Path | None) -> None:
-    """Promote or roll back by hand: through the running local controller, or directly on a cluster."""
-    import time
-
     settings, canary = _rollout_settings(work_dir, target)
-    name = settings.registered_model_name
-    control = ControlFile(report_root(settings) / "current.json")
-    running = control.read().get("state") in ("analysing", "waiting")
-    if settings.deploy_target == "local" and running and not record_only:
-        control.request(action)
-        deadline = time.monotonic() + max(30.0, 3 * canary.analysis_interval_seconds)
-        while time.monotonic() < deadline:
-            state = control.read().get("state")
-            if state in ("promoted", "rolled_back"):
-                console.print(f"the running rollout is {state}: {control.read().get('detail')}")
-                return
-            time.sleep(0.5)
-        raise MlPlatformError(f"the local rollout controller did not act on the {action} request within 30 s")
-    champion = resolve(settings, registry.CHAMPION)
-    target_version = registry.get_version(name, version) if version else resolve(settings, registry.CHALLENGER)
-    if not record_only:
-        if settings.deploy_target != "cluster":
-            raise MlPlatformError(
-                "no local rollout is running (its processes live in `mlplatform rollout start`); "
-                "use --record-only to move the registry aliases only"
-            )
-        backend = ClusterBackend(settings, canary, champion, target_version)
-        backend.promote() if action == "promote" else backend.rollback()
-    moves = (
-        registry.promote_champion(name, target_version.version)
-        if action == "promote"
-        else registry.retire_challenger(name, target_version.version)
-    )
-    registry.tag_version(
-        name,
-        target_version.version,
-        {
-            "rollout.outcome": "promoted" if action == "promote" else "rolled_back",
-            "rollout.reason": f"{action} by hand",
-        },
-    )
-    console.print(f"version {target_version.version}: {action} done; registry: {', '.join(moves) or 'unchanged'}")
+    manual.decide(action, settings, canary, version, record_only, log=console.print)
 
 
 RecordOnly = Annotated[

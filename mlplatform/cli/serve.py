@@ -14,7 +14,7 @@ from mlplatform.cli.common import (
     err_console,
     guarded,
 )
-from mlplatform.deploy import artifact, cluster
+from mlplatform.deploy import cluster
 from mlplatform.local.serving import serve_local
 from mlplatform.settings import PlatformSettings, load_settings
 
@@ -38,13 +38,7 @@ def deploy(
 
     settings = load_settings(PlatformSettings, work_dir=work_dir, deploy_target=target)
     if dry_run:
-        version = artifact.resolve(settings, alias)
-        uri = (
-            artifact.storage_uri(version.source, settings)
-            if settings.deploy_target == "cluster"
-            else artifact.prepare_local(settings, version).as_uri()
-        )
-        print(yaml.safe_dump(cluster.render_manifest(settings, version, uri, canary_percent), sort_keys=False))
+        print(yaml.safe_dump(cluster.preview(settings, alias, canary_percent), sort_keys=False))
         return
     if settings.deploy_target == "local":
         _serve_until_interrupted(settings, alias, port)

@@ -99,6 +99,22 @@ def kubernetes_client() -> Any:
     return client.ApiClient()
 
 
+def preview(
+    settings: PlatformSettings, alias: str = "champion", canary_traffic_percent: int | None = None
+) -> dict[str, Any]:
+    """What `deploy` would apply for `alias`, applying nothing (`mlplatform deploy --dry-run`).
+
+    On a cluster the storageUri is the artifact's remote location; locally the verified local copy.
+    """
+    version = resolve(settings, alias)
+    uri = (
+        storage_uri(version.source, settings)
+        if settings.deploy_target == "cluster"
+        else prepare_local(settings, version).as_uri()
+    )
+    return render_manifest(settings, version, uri, canary_traffic_percent)
+
+
 def deploy(
     settings: PlatformSettings,
     alias: str = "champion",

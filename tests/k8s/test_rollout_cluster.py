@@ -300,8 +300,8 @@ def test_without_the_charts_inference_service_rollout_and_deploy_name_the_helm_c
     with pytest.raises(NotInstalled, match="fraudDetector.model.storageUri=s3://mlflow/1/run1/artifacts/model") as err:
         backend.start_canary(10)
     assert helm in str(err.value) and "fraudDetector.model.version=1" in str(err.value)
-    monkeypatch.setattr("mlplatform.deploy.artifact.resolve", lambda settings, alias: _version("1"))
-    monkeypatch.setattr("mlplatform.deploy.artifact.prepare_local", lambda settings, version: Path("/nonexistent"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: _version("1"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.prepare_local", lambda settings, version: Path("/nonexistent"))
     with pytest.raises(NotInstalled, match="fraudDetector.model.version=1"):
         deploy(SETTINGS, "champion", api_client=api)
     assert KServeStandIn.applied == []
@@ -309,8 +309,8 @@ def test_without_the_charts_inference_service_rollout_and_deploy_name_the_helm_c
 
 def test_deploy_changes_only_the_version_of_the_installed_service(api, chart_isvc, monkeypatch) -> None:
     KServeStandIn.install(chart_isvc)
-    monkeypatch.setattr("mlplatform.deploy.artifact.resolve", lambda settings, alias: _version("2"))
-    monkeypatch.setattr("mlplatform.deploy.artifact.prepare_local", lambda settings, version: Path("/nonexistent"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: _version("2"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.prepare_local", lambda settings, version: Path("/nonexistent"))
     result = deploy(SETTINGS.model_copy(update={"deploy_ready_timeout_seconds": 5}), "champion", api_client=api)
     assert result.storage_uri == "s3://mlflow/1/run2/artifacts/model"
     assert _what_the_chart_decides(KServeStandIn.obj) == _what_the_chart_decides(chart_isvc)
@@ -326,8 +326,9 @@ def test_the_pipelines_first_deploy_on_a_cluster_without_the_service_says_what_t
     """The version stays registered and champion; the step succeeds and names the Helm command."""
     from components.deploy.step import run_deploy_canary
 
-    monkeypatch.setattr("mlplatform.deploy.artifact.resolve", lambda settings, alias: _version("1"))
-    monkeypatch.setattr("mlplatform.deploy.artifact.prepare_local", lambda settings, version: Path("/nonexistent"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: _version("1"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.prepare_local", lambda settings, version: Path("/nonexistent"))
+    monkeypatch.setattr("components.deploy.step.resolve", lambda settings, alias: _version("1"))
     monkeypatch.setattr("mlplatform.deploy.cluster.kubernetes_client", lambda: api)
     lines: list[str] = []
     outcome = run_deploy_canary(True, "1", SETTINGS, CANARY, log=lines.append)
