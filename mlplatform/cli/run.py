@@ -23,22 +23,26 @@ from mlplatform.cli.common import (
     Trigger,
     ValidationDays,
     WarmupDays,
+    WorkDir,
     console,
     fail,
+    guarded,
     pipeline_params,
 )
-from mlplatform.errors import ConfigError, MlPlatformError
+from mlplatform.errors import MlPlatformError
 from mlplatform.local.serving import serve_local
 from mlplatform.local.traffic import demo_transactions
 from mlplatform.orchestration.runner import run_local
-from mlplatform.rollout.report import RolloutReport, StepRecord
-from mlplatform.settings import PlatformSettings
+from mlplatform.params import DEFAULTS, PipelineParams
+from mlplatform.rollout.analysis import CheckStatus
+from mlplatform.rollout.backends import report_root
+from mlplatform.rollout.report import Outcome, RolloutReport, StepRecord
+from mlplatform.settings import PlatformSettings, load_settings
 
 
+@guarded
 def run(
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Folder for local state (data, stores, MLflow).")] = Path(
-        ".mlplatform"
-    ),
+    work_dir: WorkDir = None,
     n_transactions: NTransactions = None,
     n_days: NDays = None,
     seed: Seed = None,
@@ -55,27 +59,27 @@ def run(
     serve: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Serve the champion afterwards and show a few predictions.")
     ] = True,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Stream every step's full output to the screen (by default it goes to <work-dir>/logs and "
+            "the screen gets one line per step).",
+        ),
+    ] = False,
 ) -> None:
     """Run the training pipeline locally (kfp.local), then serve the champion and show real predictions."""
 
     options = dict(locals())
-    try:
-        params = pipeline_params(options)
-        settings = PlatformSettings(work_dir=work_dir)
-    except (ConfigError, ValueError) as exc:
-        fail(exc)
+    params = pipeline_params(options)
+    settings = load_settings(PlatformSettings, work_dir=work_dir)
     console.rule("[bold]mlplatform: local training pipeline (kfp.local)")
-    console.print(f"parameters: {params.model_dump()}")
-    try:
-        result = run_local(params, settings)
-    except MlPlatformError as exc:
-        fail(exc)
-    except RuntimeError as exc:  # kfp.local: a task failed; its log above says why
-        fail(f"pipeline failed: {exc}")
+    console.print(f"parameters: {params.model_dump() if verbose else _changed_params(params)}", highlight=False)
+    result = run_local(params, settings, progress=not verbose)
     print_summary(result.summary, result.settings, result.pipeline_root)
     if not result.summary["registered"]:
         raise typer.Exit(code=1)
-    print_deployment(result.summary.get("deployment") or {})
+    print_deployment(result.summary.get("deployment") or {}, result.settings)
     if serve:
         _demo_serving(result.settings)
 
@@ -87,7 +91,7 @@ def _demo_serving(settings: PlatformSettings) -> None:
     console.rule("[bold]serving the champion locally (KServe transformer + predictor, Feast online store)")
     try:
         deployed, service = serve_local(settings, "champion")
-    except Exception as exc:  # ArtifactInvalid, ServingStartError, ConfigError
+    except MlPlatformError as exc:
         fail(f"could not serve the champion: {exc}")
     with service:
         body = {"instances": demo_transactions(settings)}
@@ -114,24 +118,56 @@ def _demo_serving(settings: PlatformSettings) -> None:
         )
 
 
-def print_deployment(deployment: dict[str, Any]) -> None:
-    """What the deploy-canary + analyse step did, with the rollout report when there was one."""
-    from rich.markdown import Markdown
+def _changed_params(params: PipelineParams) -> str:
+    """The parameters that differ from the pipeline's defaults, `name=value` each."""
+    changed = {k: v for k, v in params.model_dump().items() if getattr(DEFAULTS, k) != v}
+    return " ".join(f"{k}={v}" for k, v in changed.items()) + " (others default)" if changed else "defaults"
 
+
+def print_deployment(deployment: dict[str, Any], settings: PlatformSettings | None = None) -> None:
+    """What the deploy-canary + analyse step did; for a rollout its outcome and one row per traffic step.
+
+    Args:
+        settings: Where the full rollout report is (its path is printed); no path when None.
+    """
     if not deployment:
         return
     console.rule(f"[bold]deploy canary + analyse: {deployment.get('outcome') or deployment.get('action')}")
     report = deployment.get("report") or {}
-    if report:
-        steps = [StepRecord(**step) for step in report.pop("steps", [])]
-        console.print(Markdown(RolloutReport(**report, steps=steps).to_markdown()))
-    else:
-        console.print(deployment.get("reason", ""))
+    if not report:
+        console.print(deployment.get("reason", ""), highlight=False)
+        return
+    steps = [StepRecord(**step) for step in report.pop("steps", [])]
+    rollout = RolloutReport(**report, steps=steps)
+    headline = rollout.to_markdown().splitlines()[0].lstrip("# ")
+    console.print(f"[bold]{headline}[/]: {rollout.reason}", highlight=False)
+    if rollout.outcome == Outcome.ROLLED_BACK and rollout.restore_seconds is not None:
+        console.print(
+            f"time to detect {rollout.time_to_detect_seconds:.2f} s, rollback {rollout.rollback_seconds:.3f} s, "
+            f"time to restore {rollout.restore_seconds:.2f} s",
+            highlight=False,
+        )
+    table = Table(show_edge=False)
+    for col in ("traffic step", "decision", "time", "requests canary/stable", "failed checks"):
+        table.add_column(col)
+    for step in rollout.steps:
+        requests = "/".join(f"{side['requests']:.0f}" if side else "-" for side in (step.canary, step.stable))
+        failed = [c["name"] for c in step.checks if c["status"] == CheckStatus.FAILED]
+        table.add_row(
+            f"Step {step.percent} %",
+            step.decision,
+            f"{step.duration_seconds:.1f} s",
+            requests,
+            ", ".join(failed) or "-",
+        )
+    console.print(table)
+    if settings is not None:
+        console.print(f"full report: {report_root(settings) / rollout.rollout_id / 'report.md'}", highlight=False)
 
 
 def print_summary(summary: dict[str, Any], settings: PlatformSettings, pipeline_root: Path) -> None:
     """The end-of-run summary: data, metrics vs baseline, the registered version, where things are."""
-    table = Table(title="Training run summary", show_header=False)
+    table = Table(title="Training run summary", show_header=False, show_edge=False)
     rows, fraud = summary["rows"], summary["fraud_rows"]
     table.add_row("rows", f"{rows:,} transactions, {fraud:,} fraud ({fraud / max(rows, 1):.2%})")
     table.add_row("test PR-AUC (model)", f"{summary['test_pr_auc']:.4f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,10 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlplatform.errors import ConfigError
+from mlplatform.errors import ConfigError, MlPlatformError
+from mlplatform.orchestration.progress import PipelineProgress, strip_ansi
 from mlplatform.params import PipelineParams
-from mlplatform.rollout.settings import LOCAL_PROFILE
-from mlplatform.settings import PlatformSettings
+from mlplatform.rollout.settings import local_profile
+from mlplatform.settings import PlatformSettings, to_env
+
+
+class OrchestrationError(MlPlatformError):
+    """The Kubeflow Pipelines API refused a run or could not be reached; the message names the endpoint."""
+
+
+class PipelineFailed(OrchestrationError):
+    """A step of the local pipeline run failed; its log (the tail is shown, the path printed) says why."""
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -39,35 +49,51 @@ class LocalRun:
     summary: dict[str, Any]
     pipeline_root: Path
     settings: PlatformSettings
+    log_path: Path | None = None
 
 
-def run_local(params: PipelineParams, settings: PlatformSettings) -> LocalRun:
+def run_local(params: PipelineParams, settings: PlatformSettings, progress: bool = False) -> LocalRun:
     """Run the training pipeline with kfp.local, each step a subprocess in this Python environment.
 
     The components read their settings from MLPLATFORM_* variables, so the settings in force here
     are exported to them (work dir as an absolute path, the git commit for lineage).
+
+    Args:
+        progress: Write every step's output to `<work dir>/logs/pipeline-<time>.log` and show one line per
+            finished step instead (mlplatform.orchestration.progress); kfp.local streams it all otherwise.
     """
     from kfp import local
 
-    from pipelines.training import training_pipeline  # kfp and every component: seconds to import, only when used
-
     work_dir = settings.resolved_work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    env = {f"MLPLATFORM_{k.upper()}": str(v) for k, v in settings.model_dump(exclude_none=True).items()}
+    env = to_env(settings)
     env["MLPLATFORM_WORK_DIR"] = str(work_dir)
     env.setdefault("MLPLATFORM_GIT_COMMIT", git_commit() or "unknown")
-    os.environ.update(env)
     if settings.deploy_target == "local":
-        for key, value in LOCAL_PROFILE.items():
-            os.environ.setdefault(key, value)
+        env.update(to_env(local_profile()))  # validated: a misspelt or invalid value fails here, not in a step
+    os.environ.update(env)  # kfp.local's SubprocessRunner starts every step with this process's environment
     pipeline_root = work_dir / "kfp"
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(pipeline_root),
-        raise_on_error=True,
+    watcher = PipelineProgress(work_dir / "logs", pipeline_root) if progress else None
+    try:
+        with watcher or contextlib.nullcontext():
+            from pipelines.training import training_pipeline  # kfp and every component: seconds to import
+
+            if watcher is not None:
+                watcher.expect(len(training_pipeline.pipeline_spec.root.dag.tasks))
+            local.init(
+                runner=local.SubprocessRunner(use_venv=False),
+                pipeline_root=str(pipeline_root),
+                raise_on_error=True,
+            )
+            task = training_pipeline(**params.model_dump())
+    except RuntimeError as exc:  # kfp.local raises it when a task fails; the task's log (tail shown) says why
+        raise PipelineFailed(f"pipeline failed: {strip_ansi(str(exc))}") from exc
+    return LocalRun(
+        json.loads(task.output),
+        pipeline_root,
+        settings.model_copy(update={"work_dir": work_dir}),
+        watcher.log_path if watcher is not None else None,
     )
-    task = training_pipeline(**params.model_dump())
-    return LocalRun(json.loads(task.output), pipeline_root, settings.model_copy(update={"work_dir": work_dir}))
 
 
 def compile_package(output: Path | None = None, name: str = "training") -> Path:
@@ -94,14 +120,17 @@ def submit(
     """
     import kfp
 
-    client = client or kfp.Client(host=host)
-    result = client.create_run_from_pipeline_package(
-        str(package),
-        arguments=params.model_dump(),
-        run_name=run_name,
-        experiment_name=experiment,
-    )
-    return result.run_id
+    try:
+        client = client or kfp.Client(host=host)
+        result = client.create_run_from_pipeline_package(
+            str(package),
+            arguments=params.model_dump(),
+            run_name=run_name,
+            experiment_name=experiment,
+        )
+    except Exception as exc:  # the KFP client raises ApiException, urllib3 and connection errors
+        raise OrchestrationError(f"could not create the run on {host}: {exc}") from exc
+    return str(result.run_id)
 
 
 #: KFP's cron format (robfig/cron with seconds): second minute hour day-of-month month day-of-week.
@@ -135,6 +164,7 @@ def schedule(
 
     Raises:
         ConfigError: The cron expression does not have six fields.
+        OrchestrationError: The KFP API refused the recurring run or could not be reached.
     """
     import kfp
 
@@ -143,16 +173,19 @@ def schedule(
             f"cron {cron!r} has {len(cron.split())} fields; Kubeflow Pipelines expects six "
             "(second minute hour day-of-month month day-of-week), e.g. '0 0 3 * * *' for 03:00 every day"
         )
-    client = client or kfp.Client(host=host)
-    experiment_id = client.create_experiment(name=experiment).experiment_id
-    recurring = client.create_recurring_run(
-        experiment_id=experiment_id,
-        job_name=job_name,
-        description=f"Scheduled retraining ({cron}), trigger={params.trigger}",
-        cron_expression=cron,
-        max_concurrency=max_concurrency,
-        no_catchup=True,
-        params=params.model_dump(),
-        pipeline_package_path=str(package),
-    )
+    try:
+        client = client or kfp.Client(host=host)
+        experiment_id = client.create_experiment(name=experiment).experiment_id
+        recurring = client.create_recurring_run(
+            experiment_id=experiment_id,
+            job_name=job_name,
+            description=f"Scheduled retraining ({cron}), trigger={params.trigger}",
+            cron_expression=cron,
+            max_concurrency=max_concurrency,
+            no_catchup=True,
+            params=params.model_dump(),
+            pipeline_package_path=str(package),
+        )
+    except Exception as exc:  # the KFP client raises ApiException, urllib3 and connection errors
+        raise OrchestrationError(f"could not create the recurring run on {host}: {exc}") from exc
     return str(recurring.recurring_run_id)
