@@ -15,10 +15,10 @@ from typing import Any
 
 from mlplatform import registry
 from mlplatform.deploy.artifact import resolve
-from mlplatform.deploy.cluster import deploy
 from mlplatform.deploy.inferenceservice import NotInstalled
 from mlplatform.rollout.settings import CanarySettings
 from mlplatform.rollout.start import run_rollout
+from mlplatform.rollout.targets import target_for
 from mlplatform.settings import PlatformSettings
 
 
@@ -66,11 +66,12 @@ def run_deploy_canary(
     """
     if not registered:
         return DeployOutcome("nothing", reason="no version was registered in this run")
-    canary_settings = canary_settings or CanarySettings()
+    target = target_for(settings)
+    canary_settings = canary_settings or target.canary_settings()
     champion = resolve(settings, registry.CHAMPION)
     if champion.version == str(version):
         try:
-            result = deploy(settings, registry.CHAMPION)
+            result = target.deploy(registry.CHAMPION)
         except NotInstalled as exc:
             # The runner may only read and patch the InferenceService: the first one is a person's Helm
             # install. The version is registered and champion either way; the step says what to run.

@@ -14,8 +14,8 @@ from mlplatform.cli.common import (
     err_console,
     guarded,
 )
-from mlplatform.deploy import cluster
 from mlplatform.local.serving import serve_local
+from mlplatform.rollout.targets import target_for
 from mlplatform.settings import PlatformSettings, load_settings
 
 
@@ -37,13 +37,14 @@ def deploy(
     import yaml
 
     settings = load_settings(PlatformSettings, work_dir=work_dir, deploy_target=target)
+    target = target_for(settings)
     if dry_run:
-        print(yaml.safe_dump(cluster.preview(settings, alias, canary_percent), sort_keys=False))
+        print(yaml.safe_dump(target.preview(alias, canary_percent), sort_keys=False))
         return
-    if settings.deploy_target == "local":
+    if target.in_process:  # locally, deploying means serving from this process until Ctrl-C
         _serve_until_interrupted(settings, alias, port)
         return
-    result = cluster.deploy(settings, alias, canary_percent, wait=wait)
+    result = target.deploy(alias, canary_percent, wait=wait)
     print(json.dumps({k: v for k, v in json.loads(result.to_json()).items() if k != "manifest"}))
 
 

@@ -1,10 +1,8 @@
-"""Deploy by registry alias: resolve `models:/<name>@<alias>`, verify the artifact, serve it.
+"""Deploy by registry alias on a cluster: the version becomes the chart's InferenceService.
 
-On a cluster the version becomes an InferenceService (`mlplatform.deploy.inferenceservice`), applied
-server-side through the Kubernetes API and awaited until Ready. Locally the artifact is downloaded
-into the work dir, verified, and served by a predictor and a transformer process on localhost
-(`mlplatform.local.serving`). A pipeline step cannot hold long-running servers, so the local pipeline's deploy
-step prepares and verifies the artifact, and `mlplatform serve` (the end of `make run`) serves it.
+The version change (`mlplatform.deploy.inferenceservice`) is applied server-side through the Kubernetes API and
+awaited until Ready. Locally the artifact is downloaded, verified and served on localhost instead
+(`mlplatform.local.serving`); `mlplatform.rollout.targets` chooses between the two.
 """
 
 from __future__ import annotations
@@ -99,22 +97,6 @@ def kubernetes_client() -> Any:
     return client.ApiClient()
 
 
-def preview(
-    settings: PlatformSettings, alias: str = "champion", canary_traffic_percent: int | None = None
-) -> dict[str, Any]:
-    """What `deploy` would apply for `alias`, applying nothing (`mlplatform deploy --dry-run`).
-
-    On a cluster the storageUri is the artifact's remote location; locally the verified local copy.
-    """
-    version = resolve(settings, alias)
-    uri = (
-        storage_uri(version.source, settings)
-        if settings.deploy_target == "cluster"
-        else prepare_local(settings, version).as_uri()
-    )
-    return render_manifest(settings, version, uri, canary_traffic_percent)
-
-
 def deploy(
     settings: PlatformSettings,
     alias: str = "champion",
@@ -122,11 +104,9 @@ def deploy(
     api_client: Any | None = None,
     wait: bool = True,
 ) -> DeployResult:
-    """Deploy the version behind `alias` to `settings.deploy_target`.
-
-    Locally: download and verify the artifact (serve it with `serve_local`). On a cluster: verify the
-    artifact, server-side apply the version change to the InferenceService the chart installed and (with
-    `wait`) wait until Ready.
+    """Deploy the version behind `alias` on the cluster: verify the artifact, server-side apply the version change
+    to the InferenceService the chart installed and (with `wait`) wait until Ready. The local counterpart is
+    `mlplatform.local.serving.prepare`; `mlplatform.rollout.targets.target_for` picks between them.
 
     Raises:
         ConfigError: Unknown alias, or an artifact location a cluster cannot fetch.
@@ -135,11 +115,7 @@ def deploy(
         mlplatform.deploy.inferenceservice.DeployError: The Kubernetes API refused it or it never became Ready.
     """
     version = resolve(settings, alias)
-    model_dir = prepare_local(settings, version)  # verified before anything gets traffic
-    if settings.deploy_target == "local":
-        manifest = render_manifest(settings, version, model_dir.as_uri(), canary_traffic_percent)
-        return DeployResult(version.name, version.version, alias, "local", version.source, str(model_dir), manifest)
-
+    prepare_local(settings, version)  # verified before anything gets traffic
     uri = storage_uri(version.source, settings)
     manifest = render_manifest(settings, version, uri, canary_traffic_percent)
     api_client = api_client or kubernetes_client()

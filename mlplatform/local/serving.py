@@ -14,9 +14,28 @@ from typing import Any
 
 import httpx
 
-from mlplatform.deploy.cluster import DeployResult, deploy, serving_env
+from mlplatform.deploy.artifact import prepare_local, resolve
+from mlplatform.deploy.cluster import DeployResult, render_manifest, serving_env
 from mlplatform.errors import MlPlatformError
 from mlplatform.settings import PROJECT_ROOT, PlatformSettings
+
+
+def prepare(
+    settings: PlatformSettings, alias: str = "champion", canary_traffic_percent: int | None = None
+) -> DeployResult:
+    """Deploy locally: download and verify the version behind `alias` into the work dir (`serve_local` serves it).
+
+    A pipeline step cannot hold long-running servers, so the local pipeline's deploy step stops here and
+    `mlplatform serve` (the end of `make run`) serves the prepared copy.
+
+    Raises:
+        ConfigError: Unknown alias.
+        ArtifactInvalid: The artifact cannot be served.
+    """
+    version = resolve(settings, alias)
+    model_dir = prepare_local(settings, version)  # verified before anything gets traffic
+    manifest = render_manifest(settings, version, model_dir.as_uri(), canary_traffic_percent)
+    return DeployResult(version.name, version.version, alias, "local", version.source, str(model_dir), manifest)
 
 
 def serve_local(
@@ -28,7 +47,7 @@ def serve_local(
         The deployment and the running `LocalService` (stop it, or use it as a context manager).
     """
 
-    result = deploy(settings.model_copy(update={"deploy_target": "local"}), alias)
+    result = prepare(settings, alias)
     service = start_local(
         Path(result.storage_uri),
         model_name=settings.registered_model_name,

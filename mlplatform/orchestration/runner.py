@@ -14,7 +14,7 @@ from typing import Any
 from mlplatform.errors import ConfigError, MlPlatformError
 from mlplatform.orchestration.progress import PipelineProgress, strip_ansi
 from mlplatform.params import PipelineParams
-from mlplatform.rollout.settings import local_profile
+from mlplatform.rollout.targets import target_for
 from mlplatform.settings import PlatformSettings, to_env
 
 
@@ -69,8 +69,8 @@ def run_local(params: PipelineParams, settings: PlatformSettings, progress: bool
     env = to_env(settings)
     env["MLPLATFORM_WORK_DIR"] = str(work_dir)
     env.setdefault("MLPLATFORM_GIT_COMMIT", git_commit() or "unknown")
-    if settings.deploy_target == "local":
-        env.update(to_env(local_profile()))  # validated: a misspelt or invalid value fails here, not in a step
+    # The target's canary settings (locally: seconds-long windows), validated here rather than in the deploy step.
+    env.update(to_env(target_for(settings).canary_settings()))
     os.environ.update(env)  # kfp.local's SubprocessRunner starts every step with this process's environment
     pipeline_root = work_dir / "kfp"
     watcher = PipelineProgress(work_dir / "logs", pipeline_root) if progress else None

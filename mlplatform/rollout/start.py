@@ -1,7 +1,7 @@
 """Starting a rollout: the one wiring of backend, replayed traffic, controller, recorder and report.
 
 The CLI (`mlplatform rollout start`) and the pipeline's deploy step both call `run_rollout`; the deploy
-target in the settings picks the backend in `open_backend`, the one place that choice is made.
+target of the settings (`mlplatform.rollout.targets.target_for`) gives the backend.
 """
 
 from __future__ import annotations
@@ -13,31 +13,15 @@ from typing import Any
 from mlplatform.http import MetricsServer
 from mlplatform.local.traffic import TrafficGenerator, sample_transactions
 from mlplatform.registry import RegisteredVersion
-from mlplatform.rollout.backends import ClusterBackend, LocalBackend, report_root
+from mlplatform.rollout.backends import report_root
 from mlplatform.rollout.controller import ControlFile, Controller, MlflowRecorder
 from mlplatform.rollout.report import RolloutReport
 from mlplatform.rollout.settings import CanarySettings
+from mlplatform.rollout.targets import target_for
 from mlplatform.settings import PlatformSettings
 
 #: Transactions sampled from the feature store to replay through a local endpoint during a rollout.
 REPLAY_TRANSACTIONS = 2_000
-
-
-def open_backend(
-    settings: PlatformSettings,
-    canary_settings: CanarySettings,
-    stable: RegisteredVersion,
-    canary: RegisteredVersion,
-    port: int = 0,
-) -> AbstractContextManager[ClusterBackend | LocalBackend]:
-    """The backend of the deploy target in `settings`, as a context manager that releases what it started.
-
-    Args:
-        port: Local only: port of the endpoint (the splitter); 0 picks a free one.
-    """
-    if settings.deploy_target == "cluster":
-        return nullcontext(ClusterBackend(settings, canary_settings, stable, canary))
-    return LocalBackend(settings, canary_settings, stable, canary, port=port)
 
 
 def run_rollout(
@@ -70,7 +54,7 @@ def run_rollout(
         mlplatform.rollout.controller.RolloutError: The rollout could not run or its outcome could not be recorded.
     """
     root = report_root(settings)
-    with open_backend(settings, canary_settings, stable, canary, port=port) as backend:
+    with target_for(settings).backend(canary_settings, stable, canary, port=port) as backend:
         if on_open is not None:
             on_open(backend)
         in_process = backend.in_process

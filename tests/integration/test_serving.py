@@ -26,10 +26,10 @@ import yaml
 from components.features.step import run_features
 from components.ingest.step import run_ingest
 from mlplatform.deploy.artifact import ArtifactInvalid
-from mlplatform.deploy.cluster import deploy, serving_env
+from mlplatform.deploy.cluster import serving_env
 from mlplatform.features import store as featurestore
 from mlplatform.features.compute import MODEL_FEATURES, model_input
-from mlplatform.local.serving import LocalService, serve_local, start_local
+from mlplatform.local.serving import LocalService, prepare, serve_local, start_local
 from mlplatform.monitoring.prediction_log import read_records
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.model import load_model, predict_proba
@@ -291,7 +291,7 @@ def test_corrupt_artifact_is_refused_before_serving(served: Served, tmp_path: Pa
 
     with pytest.raises(ArtifactInvalid, match="cannot be served"):
         verify_artifact(broken)
-    assert deploy(served.settings, "champion").model_version == served.version  # the registered one is fine
+    assert prepare(served.settings, "champion").model_version == served.version  # the registered one is fine
 
 
 def test_graceful_stop_logs_every_answered_prediction_and_a_dead_predictor_means_503(

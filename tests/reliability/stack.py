@@ -162,7 +162,7 @@ def serving_stack(work: Path, n_transactions: int = 5000, max_epochs: int = 1) -
     """
     from components.features.step import run_features
     from components.ingest.step import run_ingest
-    from mlplatform.deploy.cluster import deploy
+    from mlplatform.local.serving import prepare
     from tests.helpers import train_and_register
     from tests.integration.conftest import POSTGRES_URL, create_database, drop_database
 
@@ -178,7 +178,7 @@ def serving_stack(work: Path, n_transactions: int = 5000, max_epochs: int = 1) -
         run_ingest(work / "raw.parquet", n_transactions=n_transactions, n_days=30, seed=11)
         features = run_features(work / "raw.parquet", settings)
         train_and_register(settings, work, max_epochs)
-        deployed = deploy(settings, "champion")
+        deployed = prepare(settings, "champion")
         stack = Stack(
             settings=settings,
             work=work,
