@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,25 @@ class LocalRun:
     log_path: Path | None = None
 
 
+@contextlib.contextmanager
+def _exported(env: dict[str, str]) -> Iterator[None]:
+    """`env` in this process's environment while the run lasts, as it was afterwards.
+
+    kfp.local's SubprocessRunner starts every step with this process's environment and takes no other, so the
+    settings reach the steps this way; restoring it keeps them from leaking into whatever the process does next.
+    """
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_local(params: PipelineParams, settings: PlatformSettings, progress: bool = False) -> LocalRun:
     """Run the training pipeline with kfp.local, each step a subprocess in this Python environment.
 
@@ -71,11 +91,10 @@ def run_local(params: PipelineParams, settings: PlatformSettings, progress: bool
     env.setdefault("MLPLATFORM_GIT_COMMIT", git_commit() or "unknown")
     # The target's canary settings (locally: seconds-long windows), validated here rather than in the deploy step.
     env.update(to_env(target_for(settings).canary_settings()))
-    os.environ.update(env)  # kfp.local's SubprocessRunner starts every step with this process's environment
     pipeline_root = work_dir / "kfp"
     watcher = PipelineProgress(work_dir / "logs", pipeline_root) if progress else None
     try:
-        with watcher or contextlib.nullcontext():
+        with _exported(env), watcher or contextlib.nullcontext():
             from pipelines.training import training_pipeline  # kfp and every component: seconds to import
 
             if watcher is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -26,13 +27,25 @@ PARAMS = {
 }
 
 
+#: This process's environment before the runs (they export settings to their steps only while they run).
+ENV_BEFORE: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("e2e")
     settings = PlatformSettings(work_dir=work)
+    ENV_BEFORE.update(os.environ)
     first = run_local(parse_params(PARAMS), settings)
     second = run_local(parse_params(PARAMS), settings)
     return first, second, settings
+
+
+def test_the_runs_leave_the_platform_settings_of_this_process_environment_as_they_were(two_runs) -> None:
+    def platform(env: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in env.items() if k.startswith("MLPLATFORM_")}
+
+    assert platform(dict(os.environ)) == platform(ENV_BEFORE)
 
 
 def test_first_run_registers_the_champion_with_lineage(two_runs) -> None:

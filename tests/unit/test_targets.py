@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,15 @@ def test_without_a_running_local_rollout_traffic_moves_only_in_the_registry(tmp_
     assert target.request("promote", canary, print) is False
     with pytest.raises(MlPlatformError, match="--record-only"):
         target.move_traffic("promote", canary, _version("1"), _version("2"))
+
+
+def test_a_local_run_exports_settings_to_its_steps_only_while_it_lasts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlplatform.orchestration.runner import _exported
+
+    monkeypatch.setenv("MLPLATFORM_WORK_DIR", "/before")
+    monkeypatch.delenv("MLPLATFORM_CANARY_STEP_WINDOW_SECONDS", raising=False)
+    with _exported({"MLPLATFORM_WORK_DIR": "/run", "MLPLATFORM_CANARY_STEP_WINDOW_SECONDS": "5"}):
+        assert os.environ["MLPLATFORM_WORK_DIR"] == "/run"
+        assert os.environ["MLPLATFORM_CANARY_STEP_WINDOW_SECONDS"] == "5"
+    assert os.environ["MLPLATFORM_WORK_DIR"] == "/before"
+    assert "MLPLATFORM_CANARY_STEP_WINDOW_SECONDS" not in os.environ
