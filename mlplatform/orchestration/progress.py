@@ -399,7 +399,7 @@ class PipelineProgress:
         self._saved_streams = (sys.stdout, sys.stderr)
         for stream in self._saved_streams:
             stream.flush()
-        self._log = open(self.log_path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
+        self._log = open(self.log_path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115 - held from __enter__ to __exit__, which closes it
         if self.console is None:
             self.console = Console(file=self._open_screen())
         for fd in (1, 2):

@@ -92,7 +92,8 @@ OUTPUTS = {
 def test_kfp_local_records_become_step_events() -> None:
     assert parse_event(started("ingest", "10:00:01.250")) == StepEvent("start", "ingest", 36001.25)
     assert parse_event(finished("train", "10:02:00.000")) == StepEvent("success", "train", 36120.0)
-    assert parse_event(finished("features", "10:02:00.000", ok=False)).kind == "failure"  # type: ignore[union-attr]
+    failed = parse_event(finished("features", "10:02:00.000", ok=False))
+    assert failed is not None and failed.kind == "failure"
     retry = parse_event(record("10:02:00.500", "Task features failed (attempt 1/3). Retrying in 30.0s..."))
     assert retry == StepEvent("retry", "features", 36120.5, "attempt 1/3 failed, retrying in 30 s")
     cached = parse_event(record("10:02:00.500", "Task ingest cache hit (key=abcdef123456); skipping execution."))
