@@ -48,15 +48,27 @@ run: venv ## the main job: v1 trained and served as champion; v2 trained, canari
 	$(VENV)/bin/mlplatform run --work-dir $(RUN_DIR) --seed 43
 
 .PHONY: test
-test: venv services tools ## every test that can run on this machine
-	$(VENV)/bin/ruff check mlplatform components pipelines serving tests benchmarks feature_repo
-	$(VENV)/bin/ruff format --check mlplatform components pipelines serving tests benchmarks feature_repo
+test: venv services tools kube-tools ## every test that can run on this machine
+	$(VENV)/bin/ruff check mlplatform components pipelines serving tests benchmarks feature_repo scripts
+	$(VENV)/bin/ruff format --check mlplatform components pipelines serving tests benchmarks feature_repo scripts
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 .PHONY: tools
 tools: ## build helm, kubeconform, kustomize (Go, pinned) and checkov into .tools/ (fast when built)
 	bash scripts/tools.sh
+
+.PHONY: kube-tools
+kube-tools: ## build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (pinned) into .tools/kube/
+	bash scripts/kube/build.sh
+
+.PHONY: kube-up
+kube-up: venv tools kube-tools ## a real Kubernetes control plane on loopback with kind-shaped fake nodes (no containers run)
+	$(PY) scripts/kube/sandbox.py up
+
+.PHONY: kube-down
+kube-down: ## stop the control plane kube-up started
+	$(PY) scripts/kube/sandbox.py down
 
 IMAGE_REGISTRY   ?= ghcr.io/mlplatform
 IMAGE_TAG        ?= 0.1.0

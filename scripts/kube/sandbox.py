@@ -1,0 +1,522 @@
+"""A real Kubernetes control plane on loopback, with fake nodes: the cluster tests' fixture and `make kube-up`.
+
+etcd, kube-apiserver (RBAC authorization and the default admission plugins on), kube-controller-manager and
+kube-scheduler, all built by scripts/kube/build.sh, run as local processes; kwok plays the kubelet of fake
+nodes shaped like kind-config.yaml (a control-plane node, a CPU worker, a GPU worker with its label, its taint
+and `nvidia.com/gpu` capacity). Pods are scheduled by the real scheduler and reported Running by kwok, but no
+container runs: a pod's command, its probes and its network do not exist here.
+
+    python scripts/kube/sandbox.py up   [--dir .kube-sandbox]   # start; prints the kubeconfig's path
+    python scripts/kube/sandbox.py down [--dir .kube-sandbox]   # stop everything up started
+
+Everything listens on 127.0.0.1 only; the certificates (a self-made CA, the server's, one client certificate
+per component and one for the admin) and the service-account signing key are made fresh in the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = Path(os.environ.get("MLPLATFORM_TOOLS_DIR", ROOT / ".tools")) / "kube"
+KIND_CONFIG = ROOT / "kind-config.yaml"
+DEFAULT_DIR = ROOT / ".kube-sandbox"
+HOST = "127.0.0.1"
+SERVICE_CIDR = "10.96.0.0/16"
+#: Capacity of every fake node (a kind node on a laptop-sized machine); the GPU worker adds GPUS.
+NODE_CAPACITY = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+GPUS = "1"
+#: Order in which the processes stop: everything else before the API server, the API server before etcd.
+STOP_ORDER = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+
+
+class SandboxError(RuntimeError):
+    """The control plane did not come up (the message names the component and its log)."""
+
+
+def binary(name: str) -> str:
+    path = TOOLS / "bin" / name
+    if not path.exists():
+        raise SandboxError(f"{path} is missing: run `make kube-tools` (scripts/kube/build.sh builds it, pinned)")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# --- certificates ----------------------------------------------------------------------------------------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: Any) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert(
+    subject: x509.Name,
+    key: Any,
+    issuer: x509.Name,
+    issuer_key: Any,
+    *,
+    ca: bool = False,
+    server_names: tuple[str, ...] = (),
+    server_ips: tuple[str, ...] = (),
+    client: bool = False,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        usages = ([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH] if server_names or server_ips else []) + (
+            [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if server_names or server_ips:
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _name(common: str, org: str | None = None) -> x509.Name:
+    parts = [x509.NameAttribute(NameOID.COMMON_NAME, common)]
+    if org:
+        parts.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(parts)
+
+
+#: Client identities: file stem -> (user, group). The admin is in system:masters; the components are the
+#: users the default RBAC policy binds (system:kube-controller-manager, system:kube-scheduler).
+IDENTITIES = {
+    "admin": ("kubernetes-admin", "system:masters"),
+    "controller-manager": ("system:kube-controller-manager", None),
+    "scheduler": ("system:kube-scheduler", None),
+    "kwok": ("kwok", "system:masters"),
+}
+
+
+def make_pki(pki: Path) -> None:
+    """CA, API server certificate, a client certificate per identity and the service-account key pair."""
+    pki.mkdir(parents=True, exist_ok=True)
+    ca_key = _key()
+    ca_name = _name("mlplatform-sandbox-ca")
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (pki / "ca.key").write_bytes(_pem_key(ca_key))
+    server_key = _key()
+    server = _cert(
+        _name("kube-apiserver"),
+        server_key,
+        ca_name,
+        ca_key,
+        server_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+        server_ips=(HOST, str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))),
+    )
+    (pki / "apiserver.crt").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (pki / "apiserver.key").write_bytes(_pem_key(server_key))
+    for stem, (user, group) in IDENTITIES.items():
+        key = _key()
+        cert = _cert(_name(user, group), key, ca_name, ca_key, client=True)
+        (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (pki / f"{stem}.key").write_bytes(_pem_key(key))
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (pki / "sa.key").write_bytes(_pem_key(sa_key))
+    (pki / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for path in pki.iterdir():
+        path.chmod(0o600)
+
+
+def write_kubeconfig(path: Path, server: str, pki: Path, stem: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "sandbox", "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [
+            {
+                "name": stem,
+                "user": {"client-certificate": str(pki / f"{stem}.crt"), "client-key": str(pki / f"{stem}.key")},
+            }
+        ],
+        "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": stem}}],
+        "current-context": "sandbox",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+# --- nodes -------------------------------------------------------------------------------------------------
+
+
+def kind_nodes(config_path: Path = KIND_CONFIG) -> list[dict[str, Any]]:
+    """Node objects shaped like the kind cluster's: names, role labels, labels and taints from kind-config.yaml."""
+    config = yaml.safe_load(config_path.read_text())
+    cluster = config.get("name", "kind")
+    nodes, workers = [], 0
+    for entry in config["nodes"]:
+        role = entry["role"]
+        if role == "control-plane":
+            name = f"{cluster}-control-plane"
+            labels = {"node-role.kubernetes.io/control-plane": ""}
+            taints = [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+        else:
+            workers += 1
+            name = f"{cluster}-worker" + ("" if workers == 1 else str(workers))
+            labels, taints = {}, []
+        labels.update(entry.get("labels", {}))
+        for patch in entry.get("kubeadmConfigPatches", []):
+            registration = yaml.safe_load(patch).get("nodeRegistration", {})
+            for pair in registration.get("kubeletExtraArgs", {}).get("node-labels", "").split(","):
+                if "=" in pair:
+                    key, value = pair.split("=", 1)
+                    labels[key] = value
+            taints += registration.get("taints", [])
+        capacity = dict(NODE_CAPACITY)
+        if labels.get("nvidia.com/gpu.present") == "true":
+            capacity["nvidia.com/gpu"] = GPUS
+        labels.update(
+            {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            }
+        )
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+                "spec": {"taints": taints},
+                "status": {"capacity": capacity, "allocatable": capacity},
+            }
+        )
+    return nodes
+
+
+# --- the control plane ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ControlPlane:
+    """The processes of one sandbox; `start()` returns when the nodes are Ready and pods can be created."""
+
+    workdir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def server(self) -> str:
+        return f"https://{HOST}:{self.ports['apiserver']}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    # Each component's command line. Loopback only; leader election off (one replica of each).
+    def _commands(self) -> dict[str, list[str]]:
+        p, w, pki = self.ports, self.workdir, self.pki
+        etcd_url = f"http://{HOST}:{p['etcd']}"
+        return {
+            "etcd": [
+                binary("etcd"),
+                "--name=sandbox",
+                f"--data-dir={w / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://{HOST}:{p['etcd-peer']}",
+                f"--initial-advertise-peer-urls=http://{HOST}:{p['etcd-peer']}",
+                f"--initial-cluster=sandbox=http://{HOST}:{p['etcd-peer']}",
+                "--unsafe-no-fsync",  # a throw-away test store: durability is not what is tested here
+                "--log-level=warn",
+            ],
+            "kube-apiserver": [
+                binary("kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                f"--bind-address={HOST}",
+                f"--advertise-address={HOST}",
+                f"--secure-port={p['apiserver']}",
+                f"--cert-dir={w / 'apiserver-certs'}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",  # on top of the default set
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+            "kube-controller-manager": [
+                binary("kube-controller-manager"),
+                f"--kubeconfig={w / 'controller-manager.kubeconfig'}",
+                f"--authentication-kubeconfig={w / 'controller-manager.kubeconfig'}",
+                f"--authorization-kubeconfig={w / 'controller-manager.kubeconfig'}",
+                f"--bind-address={HOST}",
+                f"--secure-port={p['controller-manager']}",
+                f"--cert-dir={w / 'controller-manager-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+                "--v=1",
+            ],
+            "kube-scheduler": [
+                binary("kube-scheduler"),
+                f"--kubeconfig={w / 'scheduler.kubeconfig'}",
+                f"--authentication-kubeconfig={w / 'scheduler.kubeconfig'}",
+                f"--authorization-kubeconfig={w / 'scheduler.kubeconfig'}",
+                f"--bind-address={HOST}",
+                f"--secure-port={p['scheduler']}",
+                f"--cert-dir={w / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+            "kwok": [
+                binary("kwok"),
+                f"--kubeconfig={w / 'kwok.kubeconfig'}",
+                f"--config={TOOLS / 'kwok-stages.yaml'}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--node-ip={HOST}",
+                "--cidr=10.244.0.1/16",
+                f"--server-address={HOST}:{p['kwok']}",
+                "--node-lease-duration-seconds=40",
+            ],
+        }
+
+    def launch(self, name: str) -> None:
+        """Start one component (again, after `halt`), its output appended to <workdir>/logs/<name>.log."""
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        with (logs / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                self._commands()[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._save_state()
+
+    def halt(self, name: str, timeout: float = 15.0) -> None:
+        """Stop one component (SIGTERM, then SIGKILL), e.g. to restart the API server in a fault test."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._save_state()
+
+    def _save_state(self) -> None:
+        state = {"ports": self.ports, "pids": {n: p.pid for n, p in self.procs.items()}}
+        (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
+
+    def _ssl(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return context
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET on the API server as the admin: (status, body); (0, reason) when it does not answer."""
+        try:
+            with urllib.request.urlopen(self.server + path, timeout=timeout, context=self._ssl()) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except (OSError, ssl.SSLError) as err:
+            return 0, str(err).encode()
+
+    def request(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            self.server + path,
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=self._ssl()) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def wait_for(self, what: str, check: Any, timeout: float, component: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    tail = self.log_tail(name)
+                    raise SandboxError(f"{name} exited with {proc.returncode} while waiting for {what}: {tail}")
+            if check():
+                return
+            time.sleep(0.1)
+        raise SandboxError(f"{what} not reached in {timeout:.0f} s: {self.log_tail(component)}")
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+        return f"see {path}:\n" + "\n".join(text)
+
+    def api_ready(self) -> bool:
+        return self.get("/readyz", timeout=2)[0] == 200
+
+    def start(self, timeout: float = 60.0) -> ControlPlane:
+        began = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"):
+            self.ports[name] = free_port()
+        make_pki(self.pki)
+        for stem in IDENTITIES:
+            target = self.kubeconfig if stem == "admin" else self.workdir / f"{stem}.kubeconfig"
+            write_kubeconfig(target, self.server, self.pki, stem)
+        try:
+            self.launch("etcd")
+            self.launch("kube-apiserver")
+            self.wait_for("the API server ready (/readyz)", self.api_ready, timeout, "kube-apiserver")
+            self.timings["api_ready_s"] = time.monotonic() - began
+            for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+                self.launch(name)
+            for node in kind_nodes():
+                status, body = self.request("POST", "/api/v1/nodes", node)
+                if status not in (200, 201, 409):
+                    raise SandboxError(f"creating node {node['metadata']['name']}: HTTP {status} {body[:300]!r}")
+            self.wait_for("every node Ready (kwok)", self.nodes_ready, timeout, "kwok")
+            self.wait_for(
+                "the default ServiceAccount (controller-manager)",
+                lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+                timeout,
+                "kube-controller-manager",
+            )
+            self.timings["nodes_ready_s"] = time.monotonic() - began
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def nodes_ready(self) -> bool:
+        status, body = self.get("/api/v1/nodes")
+        if status != 200:
+            return False
+        items = json.loads(body)["items"]
+        want = len(kind_nodes())
+        ready = [
+            n
+            for n in items
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+        ]
+        return len(ready) >= want
+
+    def stop(self) -> None:
+        for name in STOP_ORDER:
+            self.halt(name)
+
+
+def _stop_recorded(workdir: Path) -> bool:
+    """Stop the processes a previous `up` recorded (another Python process started them)."""
+    state_file = workdir / "state.json"
+    if not state_file.exists():
+        return False
+    pids = json.loads(state_file.read_text()).get("pids", {})
+    for name in STOP_ORDER:
+        pid = pids.get(name)
+        if pid is None:
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        for _ in range(150):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    state_file.unlink()
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the sandbox keeps its state")
+    args = parser.parse_args(argv)
+    workdir = args.dir.resolve()
+    if args.action == "down":
+        print("stopped" if _stop_recorded(workdir) else f"no sandbox recorded in {workdir}")
+        return 0
+    _stop_recorded(workdir)
+    plane = ControlPlane(workdir)
+    try:
+        plane.start()
+    except SandboxError as err:
+        print(f"kube-up failed: {err}", file=sys.stderr)
+        return 1
+    timings = plane.timings
+    print(
+        f"control plane ready in {timings['api_ready_s']:.1f} s, nodes Ready in {timings['nodes_ready_s']:.1f} s\n"
+        f"export KUBECONFIG={plane.kubeconfig}\n"
+        f"kubectl: {TOOLS / 'bin' / 'kubectl'}   logs: {workdir / 'logs'}   stop: make kube-down"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
