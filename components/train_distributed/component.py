@@ -69,6 +69,7 @@ def train_distributed(
         pvc_name=shared_pvc_name,
         num_nodes=num_nodes,
         gpus_per_node=gpus_per_node,
+        core_api=client.CoreV1Api(),
     )
     for key in ("best_epoch", "epochs_run", "final_train_loss", "best_val_loss", "threshold"):
         metrics.log_metric(key, float(getattr(outcome, key)))

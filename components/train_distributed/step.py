@@ -27,6 +27,7 @@ from components.train.step import (
     start_or_resume_run,
 )
 from mlplatform import registry
+from mlplatform.deploy.scheduling import unschedulable
 from mlplatform.errors import MlPlatformError
 from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.settings import PlatformSettings
@@ -40,6 +41,8 @@ SHARED_MOUNT_PATH = "/mnt/mlplatform-shared"
 RUNTIME_NODE = "node"
 SPEC_HASH_LABEL = "mlplatform.io/spec-hash"
 PATCH_MANAGER = "mlplatform.io/train-distributed"
+#: The label JobSet puts on the pods of the JobSet a TrainJob creates (named after the TrainJob).
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 
 
 class TrainJobError(MlPlatformError):
@@ -181,8 +184,13 @@ def launch_trainjob(
     timeout_seconds: float,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    why_pending: Callable[[], list[str]] = list,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Create the TrainJob (or attach to the one a previous attempt created) and wait until it completes.
+
+    While it waits, the scheduler's reasons for pods it cannot place (`why_pending`, e.g. no free GPU node)
+    are logged when they change and named in the timeout error.
 
     Returns:
         The completed TrainJob as the API server returned it.
@@ -209,6 +217,7 @@ def launch_trainjob(
                 f"delete it (kubectl delete trainjob -n {ns} {name}) or start a new pipeline run"
             ) from None
     deadline = clock() + timeout_seconds
+    pending: list[str] = []
     while True:
         try:
             obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
@@ -224,9 +233,14 @@ def launch_trainjob(
                 f"{where} failed ({failed.get('reason', 'no reason')}): {failed.get('message', '')}; its checkpoints "
                 f"are kept: delete it (kubectl delete trainjob -n {ns} {name}) and retry the task to resume"
             )
+        reasons = why_pending()
+        if reasons and reasons != pending:
+            log(f"{where}: pods not scheduled: " + "; ".join(reasons))
+        pending = reasons
         if clock() >= deadline:
             api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-            raise TrainJobError(f"{where} did not complete within {timeout_seconds:.0f} s; deleted it")
+            why = f"; its pods were never scheduled: {'; '.join(pending)}" if pending else ""
+            raise TrainJobError(f"{where} did not complete within {timeout_seconds:.0f} s; deleted it{why}")
         sleep(poll_interval_seconds)
 
 
@@ -246,12 +260,14 @@ def run_train_distributed(
     shared_root: Path = Path(SHARED_MOUNT_PATH),
     hidden_units: list[int] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    core_api: Any | None = None,
 ) -> TrainOutcome:
     """Train on `num_nodes` x `gpus_per_node` GPUs with a TrainJob, then save and log the model as `run_train`.
 
     Everything is keyed by `run_key` (the pipeline job name): a retried task reuses the data, attaches
     to the running TrainJob and continues the MLflow run; the TrainJob itself resumes from the
-    checkpoints on the shared volume when JobSet restarts its pods.
+    checkpoints on the shared volume when JobSet restarts its pods. With `core_api` (a CoreV1Api), the
+    scheduler's reasons for TrainJob pods it cannot place are reported while waiting.
     """
     train, val = pd.read_parquet(train_path), pd.read_parquet(validation_path)
     x_tr, y_tr = model_input(train), train["is_fraud"].to_numpy(np.float32)
@@ -284,8 +300,14 @@ def run_train_distributed(
         log_training_params(config, model_config, len(train), len(val))
         mlflow.log_params({"num_nodes": num_nodes, "gpus_per_node": gpus_per_node})
         mlflow.set_tag("trainjob", f"{namespace}/{body['metadata']['name']}")
+        selector = f"{JOBSET_NAME_LABEL}={body['metadata']['name']}"  # JobSet names the pods after the TrainJob
         launch_trainjob(
-            api, body, settings.trainjob_poll_interval_seconds, settings.trainjob_timeout_seconds, sleep=sleep
+            api,
+            body,
+            settings.trainjob_poll_interval_seconds,
+            settings.trainjob_timeout_seconds,
+            sleep=sleep,
+            why_pending=(lambda: unschedulable(core_api, namespace, selector)) if core_api is not None else list,
         )
         model, _ = load_model(run_dir / "model")
         summary = json.loads((run_dir / "model" / RESULT_FILE).read_text())
