@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlplatform.deploy.artifact import prepare_local, resolve, storage_uri
-from mlplatform.deploy.inferenceservice import NotInstalled, ServiceSpec, apply, get, install_hint, render, wait_ready
+from mlplatform.deploy.inferenceservice import (
+    NotInstalled,
+    ServiceSpec,
+    apply,
+    apply_and_wait,
+    get,
+    install_hint,
+    render,
+)
 from mlplatform.errors import ConfigError
 from mlplatform.registry import RegisteredVersion
 from mlplatform.settings import PlatformSettings
@@ -119,12 +127,12 @@ def deploy(
     uri = storage_uri(version.source, settings)
     manifest = render_manifest(settings, version, uri, canary_traffic_percent)
     api_client = api_client or kubernetes_client()
-    require_installed(settings, api_client, uri, version.version)
-    apply(manifest, api_client)
+    live = require_installed(settings, api_client, uri, version.version)
     if wait:
-        wait_ready(
-            manifest["metadata"]["name"], settings.deploy_namespace, api_client, settings.deploy_ready_timeout_seconds
-        )
+        what = f"serving version {version.version}"
+        apply_and_wait(manifest, api_client, live, what, settings.deploy_ready_timeout_seconds)
+    else:
+        apply(manifest, api_client)
     return DeployResult(version.name, version.version, alias, "cluster", version.source, uri, manifest)
 
 

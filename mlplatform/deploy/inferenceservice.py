@@ -16,6 +16,8 @@ serving.predictor` on the artifact KServe's storage initializer downloads from `
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +111,66 @@ def install_hint(name: str, namespace: str, storage_uri: str, model_version: str
     )
 
 
+#: Who may change the InferenceService, and where the chart says so (helm/mlplatform/templates/pipeline-runner.yaml).
+RUNNER_RBAC = (
+    "the chart grants get and patch of this one InferenceService to the pipeline runner only: Role and RoleBinding "
+    "<release>-pipeline-runner (mlplatform-pipeline-runner for release mlplatform; "
+    "helm/mlplatform/templates/pipeline-runner.yaml) bind the ServiceAccount <release>-pipeline-runner"
+)
+
+
+def _api_status(exc: Exception) -> tuple[int | None, str]:
+    """HTTP status of a failed API call and the API server's own message (its Status object), when it answered."""
+    status = getattr(exc, "status", None)
+    body = getattr(exc, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    try:
+        message = json.loads(body).get("message") if body else None
+    except (ValueError, AttributeError):
+        message = None
+    return status, str(message or getattr(exc, "reason", None) or exc)
+
+
+def _failure(
+    exc: Exception, doing: str, namespace: str, name: str, manifest: dict[str, Any] | None = None
+) -> DeployError:
+    """A DeployError that says what was refused, to whom, and what to change (not the client's raw response dump)."""
+    where = f"{doing} InferenceService {namespace}/{name} failed"
+    status, message = _api_status(exc)
+    if status is None:  # no answer: connection refused, TLS, timeout
+        return DeployError(f"{where}: {exc}")
+    if status == 401:
+        return DeployError(
+            f"{where}: unauthorized (HTTP 401): the API server did not accept the credentials (an expired or invalid "
+            f"token, or a kubeconfig of another cluster): {message}"
+        )
+    if status != 403:
+        return DeployError(f"{where}: HTTP {status}: {message}")
+    user = re.search(r'User "([^"]*)"', message)
+    identity = user.group(1) if user else "this client"
+    refused = re.search(r'cannot (\w+) resource "([^"]+)"', message)
+    verb, resource = refused.groups() if refused else ("patch" if manifest else "get", PLURAL)
+    if verb == "create" and manifest is not None:  # server-side apply of an object that does not exist yet
+        predictor = manifest["spec"]["predictor"]["model"]
+        version = manifest["metadata"].get("annotations", {}).get(ANNOTATION_MODEL_VERSION, "<version>")
+        return NotInstalled(
+            f"{install_hint(name, namespace, predictor['storageUri'], version)} (the API server refused to create "
+            f"it: {message})"
+        )
+    account = re.fullmatch(r"system:serviceaccount:([^:]+):([^:]+)", identity)
+    bind = (
+        f"add it to pipelineRunner.rbac.extraSubjects (name: {account.group(2)}, namespace: {account.group(1)}) "
+        "and helm upgrade"
+        if account
+        else "bind this identity to that Role"
+    )
+    return DeployError(
+        f"{where}: forbidden (HTTP 403): {identity} may not {verb} {resource}.{GROUP} in namespace {namespace}; "
+        f"{RUNNER_RBAC}. Run as that ServiceAccount, or {bind}. API server: {message}"
+    )
+
+
 def apply(manifest: dict[str, Any], api_client: Any) -> dict[str, Any]:
     """Server-side apply `manifest` (field manager `mlplatform`, conflicts forced); returns the live object.
 
@@ -131,15 +193,52 @@ def apply(manifest: dict[str, Any], api_client: Any) -> dict[str, Any]:
             _request_timeout=30,
         )
     except Exception as exc:  # ApiException, urllib3 errors: say what failed
-        raise DeployError(f"applying InferenceService {meta['namespace']}/{meta['name']} failed: {exc}") from exc
+        raise _failure(exc, "applying", meta["namespace"], meta["name"], manifest) from exc
 
 
 def is_ready(obj: dict[str, Any]) -> bool:
-    """Whether an InferenceService's status says Ready=True for its current generation."""
+    """Whether an InferenceService's status says Ready=True.
+
+    Not for its generation: KServe copies `status.observedGeneration` from the Knative Service (or Deployment)
+    of the component it reconciled last, not from the InferenceService (seen with KServe v0.16's controller:
+    generation 3, observedGeneration 2, everything rolled out). Whether the status reflects a change is told by
+    the predictor's revisions instead: `settled`.
+    """
     status = obj.get("status") or {}
-    if status.get("observedGeneration") not in (None, obj.get("metadata", {}).get("generation")):
-        return False
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def new_revision_expected(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether an applied change makes a new predictor revision: its model (artifact, version, role) changed.
+
+    A change of `canaryTrafficPercent` alone moves traffic between the revisions that exist.
+    """
+
+    def model(obj: dict[str, Any]) -> Any:
+        return ((obj.get("spec") or {}).get("predictor") or {}).get("model")
+
+    return model(before) != model(after)
+
+
+def settled(previous_revision: str | None, expect_new: bool, latest_percent: int) -> Any:
+    """The condition that an applied change is in force: Ready, the latest predictor revision ready (and a new
+    one, not `previous_revision`, when the change makes one) and serving `latest_percent` of the traffic.
+
+    Args:
+        previous_revision: `latestCreatedRevision` before the change.
+        expect_new: Whether the change makes a new revision (`new_revision_expected`).
+        latest_percent: The share the latest revision must report (100 without a canary).
+    """
+
+    def condition(obj: dict[str, Any]) -> bool:
+        traffic = predictor_traffic(obj)
+        if not is_ready(obj) or traffic.latest_ready_revision != traffic.latest_revision:
+            return False
+        if expect_new and traffic.latest_revision == previous_revision:
+            return False
+        return traffic.latest_percent == latest_percent
+
+    return condition
 
 
 def get(name: str, namespace: str, api_client: Any) -> dict[str, Any]:
@@ -162,7 +261,7 @@ def get(name: str, namespace: str, api_client: Any) -> dict[str, Any]:
     except Exception as exc:
         if getattr(exc, "status", None) == 404:
             raise NotInstalled(f"InferenceService {namespace}/{name} does not exist") from exc
-        raise DeployError(f"reading InferenceService {namespace}/{name} failed: {exc}") from exc
+        raise _failure(exc, "reading", namespace, name) from exc
 
 
 @dataclass(frozen=True)
@@ -228,8 +327,22 @@ def wait_for(
         time.sleep(poll_seconds)
 
 
-def wait_ready(
-    name: str, namespace: str, api_client: Any, timeout_seconds: float = 600.0, poll_seconds: float = 5.0
+def apply_and_wait(
+    manifest: dict[str, Any],
+    api_client: Any,
+    live: dict[str, Any],
+    what: str,
+    timeout_seconds: float = 600.0,
+    poll_seconds: float = 5.0,
 ) -> dict[str, Any]:
-    """Poll the InferenceService until it is Ready; raises DeployError with its last conditions on timeout."""
-    return wait_for(name, namespace, api_client, is_ready, "ready", timeout_seconds, poll_seconds)
+    """Server-side apply `manifest` over `live` (the object read before) and wait until the change is `settled`.
+
+    Raises:
+        DeployError: The API refused it, or it was not in force within `timeout_seconds` (with its status).
+    """
+    applied = apply(manifest, api_client)
+    previous = predictor_traffic(live).latest_revision
+    percent = (manifest["spec"].get("predictor") or {}).get("canaryTrafficPercent")
+    condition = settled(previous, new_revision_expected(live, applied), 100 if percent is None else percent)
+    meta = manifest["metadata"]
+    return wait_for(meta["name"], meta["namespace"], api_client, condition, what, timeout_seconds, poll_seconds)

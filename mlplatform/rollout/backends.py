@@ -8,14 +8,7 @@ from typing import Any
 
 from mlplatform.deploy.artifact import prepare_local, storage_uri
 from mlplatform.deploy.cluster import kubernetes_client, render_manifest, require_installed, serving_env
-from mlplatform.deploy.inferenceservice import (
-    ANNOTATION_MODEL_VERSION,
-    apply,
-    get,
-    is_ready,
-    predictor_traffic,
-    wait_for,
-)
+from mlplatform.deploy.inferenceservice import ANNOTATION_MODEL_VERSION, apply_and_wait, get, predictor_traffic
 from mlplatform.local.prometheus import LocalPrometheus
 from mlplatform.local.serving import start_local, start_splitter
 from mlplatform.registry import RegisteredVersion
@@ -95,27 +88,17 @@ class ClusterBackend:
             canary_settings.prometheus_scrape_interval_seconds,
         )
 
-    def _apply(self, percent: int | None, role: str, what: str, condition: Any) -> None:
-
+    def _apply(self, percent: int | None, role: str, what: str) -> None:
+        """Apply the canary version with `percent` (None: all traffic) and wait until KServe reports it in force."""
         uri = storage_uri(self.canary.source, self.settings)
         manifest = render_manifest(self.settings, self.canary, uri, percent, role)
-        apply(manifest, self.api)
-        wait_for(
-            manifest["metadata"]["name"],
-            self.settings.deploy_namespace,
-            self.api,
-            condition,
-            what,
-            self.canary_settings.ready_timeout_seconds,
-            self.poll_seconds,
-        )
+        timeout = self.canary_settings.ready_timeout_seconds
+        apply_and_wait(manifest, self.api, self._live(), what, timeout, self.poll_seconds)
 
     def _live(self) -> dict[str, Any]:
-
         return get(self.name_, self.settings.deploy_namespace, self.api)
 
     def start_canary(self, percent: int) -> None:
-
         live = require_installed(
             self.settings, self.api, storage_uri(self.stable.source, self.settings), self.stable.version
         )
@@ -129,30 +112,17 @@ class ClusterBackend:
         self.set_canary_percent(percent)
 
     def set_canary_percent(self, percent: int) -> None:
-
-        def split_in_force(obj: dict[str, Any]) -> bool:
-            return is_ready(obj) and predictor_traffic(obj).latest_percent == percent
-
-        self._apply(percent, "canary", f"serving {percent} % on the latest revision", split_in_force)
+        self._apply(percent, "canary", f"serving {percent} % on the latest revision")
 
     def canary_percent(self) -> int | None:
-
         return predictor_traffic(self._live()).canary_percent
 
     def promote(self) -> None:
-
-        def promoted(obj: dict[str, Any]) -> bool:
-            t = predictor_traffic(obj)
-            return is_ready(obj) and t.latest_percent == 100 and t.latest_ready_revision == t.latest_revision
-
-        self._apply(None, "stable", "promoted (latest revision at 100 %)", promoted)
+        # the predictor relabelled stable is a new revision: it takes all the traffic once ready
+        self._apply(None, "stable", "promoted (latest revision at 100 %)")
 
     def rollback(self) -> None:
-
-        def rolled_back(obj: dict[str, Any]) -> bool:
-            return predictor_traffic(obj).latest_percent == 0
-
-        self._apply(0, "canary", "rolled back (latest revision at 0 %)", rolled_back)
+        self._apply(0, "canary", "rolled back (latest revision at 0 %)")
 
     def cleanup(self) -> None:
         """Nothing: Knative scales the revision without traffic down by itself."""

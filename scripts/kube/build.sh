@@ -12,6 +12,12 @@
 # - etcd: Debian's 3.4 lacks RequestWatchProgress, which current clients need for watch lists;
 #   scripts/kube/etcd wraps go.etcd.io/etcd/server/v3.
 # - kwok: fake nodes (no kubelet, no containers); its pinned module's node and pod Stages are copied beside it.
+# - KServe's controller manager (scripts/kube/kserve wraps github.com/kserve/kserve with its own controller-runtime
+#   replace) and Knative Serving's controller and autoscaler (scripts/kube/knative); beside them, from the same
+#   pinned modules, the CRDs, the default ConfigMaps, KServe's webhook configurations and Knative's activator
+#   Deployment that scripts/kube/sandbox.py installs. The autoscaler's stats server address is a constant
+#   (":8080", every interface) in Knative's source; the build overlays that one line so the sandbox can bind it
+#   to loopback on a free port (KNATIVE_STATS_SERVER_ADDR).
 #
 # Each group is rebuilt only when its record (pin + hash of its wrapper go.mod/go.sum) differs.
 set -euo pipefail
@@ -25,9 +31,12 @@ BIN="$KUBE/bin"
 KUBERNETES_VERSION=v1.35.4 # the wrapper go.mod pins k8s.io/kubernetes and its staging modules at v0.35.4
 ETCD_VERSION=v3.6.5
 KWOK_VERSION=v0.8.0
+KSERVE_VERSION=v0.16.0    # scripts/kube/kserve/go.mod
+KNATIVE_VERSION=v0.44.0   # scripts/kube/knative/go.mod: the Knative Serving KServe v0.16 is built against
 
 if [[ "${1:-}" == "versions" ]]; then
-  printf 'kubernetes %s\netcd %s\nkwok %s\n' "$KUBERNETES_VERSION" "$ETCD_VERSION" "$KWOK_VERSION"
+  printf 'kubernetes %s\netcd %s\nkwok %s\nkserve %s\nknative-serving %s\n' \
+    "$KUBERNETES_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$KSERVE_VERSION" "$KNATIVE_VERSION"
   exit 0
 fi
 
@@ -88,4 +97,53 @@ if stale kwok "$want"; then
     done
   } >"$KUBE/kwok-stages.yaml"
   echo "$want" >"$BIN/kwok.version"
+fi
+
+yamls() { # yamls FILE...: one multi-document YAML stream
+  for f in "$@"; do echo "---"; cat "$f"; done
+}
+
+module_dir() { # module_dir WRAPPER MODULE: the folder of MODULE at the version the wrapper pins
+  (cd "$HERE/$1" && go list -m -f '{{.Dir}}' "$2")
+}
+
+want="kserve $KSERVE_VERSION $(wrapper_hash kserve)"
+if stale kserve "$want"; then
+  echo "kube/build.sh: building KServe's controller manager $KSERVE_VERSION (first time only)"
+  (cd "$HERE/kserve" && go mod download github.com/kserve/kserve \
+    && go build -trimpath -ldflags "-s -w" -o "$BIN/kserve-manager" github.com/kserve/kserve/cmd/manager)
+  src="$(module_dir kserve github.com/kserve/kserve)/config"
+  mkdir -p "$KUBE/kserve"
+  "$TOOLS_DIR/bin/kustomize" build "$src/crd" >"$KUBE/kserve/crds.yaml"
+  cp "$src/configmap/inferenceservice.yaml" "$src/webhook/manifests.yaml" "$KUBE/kserve/"
+  echo "$want" >"$BIN/kserve.version"
+fi
+
+want="knative $KNATIVE_VERSION $(wrapper_hash knative)"
+if stale knative "$want"; then
+  echo "kube/build.sh: building Knative Serving's controller and autoscaler $KNATIVE_VERSION (first time only)"
+  (cd "$HERE/knative" && go mod download knative.dev/serving knative.dev/networking knative.dev/caching)
+  serving="$(module_dir knative knative.dev/serving)"
+  networking="$(module_dir knative knative.dev/networking)"
+  caching="$(module_dir knative knative.dev/caching)"
+  # The autoscaler is built from a copy of its package placed (by a build overlay, nothing written to the
+  # checkout) inside the wrapper module, with the stats server's address read from the environment.
+  overlay="$(mktemp -d)"
+  sed -e 's|^\tstatsServerAddr = ":8080"$||' -e 's|^\t"fmt"$|\t"fmt"\n\t"os"|' \
+    -e 's|^func main() {$|var statsServerAddr = os.Getenv("KNATIVE_STATS_SERVER_ADDR")\n\nfunc main() {\n\tif statsServerAddr == "" {\n\t\tstatsServerAddr = ":8080"\n\t}|' \
+    "$serving/cmd/autoscaler/main.go" >"$overlay/main.go"
+  grep -q 'KNATIVE_STATS_SERVER_ADDR' "$overlay/main.go" || { echo "kube/build.sh: the autoscaler overlay did not apply" >&2; exit 1; }
+  printf '{"Replace": {"%s": "%s", "%s": "%s"}}\n' \
+    "$HERE/knative/autoscaler/main.go" "$overlay/main.go" \
+    "$HERE/knative/autoscaler/leaderelection.go" "$serving/cmd/autoscaler/leaderelection.go" >"$overlay/overlay.json"
+  (cd "$HERE/knative" \
+    && go build -trimpath -ldflags "-s -w" -o "$BIN/knative-controller" knative.dev/serving/cmd/controller \
+    && go build -trimpath -ldflags "-s -w" -overlay "$overlay/overlay.json" -o "$BIN/knative-autoscaler" ./autoscaler)
+  rm -rf "$overlay"
+  mkdir -p "$KUBE/knative"
+  yamls "$serving"/config/core/300-resources/*.yaml "$networking"/config/{ingress,certificate,domain-claim,serverlessservice}.yaml \
+    "$caching/config/image.yaml" >"$KUBE/knative/crds.yaml"
+  yamls "$serving"/config/core/configmaps/*.yaml "$networking/config/config-network.yaml" >"$KUBE/knative/configmaps.yaml"
+  cp "$serving/config/core/deployments/activator.yaml" "$KUBE/knative/activator.yaml"
+  echo "$want" >"$BIN/knative.version"
 fi

@@ -6,6 +6,14 @@ nodes shaped like kind-config.yaml (a control-plane node, a CPU worker, a GPU wo
 and `nvidia.com/gpu` capacity). Pods are scheduled by the real scheduler and reported Running by kwok, but no
 container runs: a pod's command, its probes and its network do not exist here.
 
+On top of it run the serving controllers the platform deploys to: KServe's controller manager (its CRDs, its
+default `inferenceservice-config`, its admission webhooks registered with the API server) and Knative Serving's
+controller and autoscaler (its CRDs and default ConfigMaps, the activator's Deployment as a kwok pod), so an
+InferenceService is reconciled by KServe into Knative Services, Revisions and Deployments, and its status
+(readiness, canary traffic split) is what KServe and Knative compute. The one part played here is the ingress
+layer (Istio or Kourier: an Envoy data plane, which cannot run without containers): `mark_ingresses` reports each
+Knative Ingress as programmed for its generation, which is all Knative's Route waits for.
+
     python scripts/kube/sandbox.py up   [--dir .kube-sandbox]   # start; prints the kubeconfig's path
     python scripts/kube/sandbox.py down [--dir .kube-sandbox]   # stop everything up started
 
@@ -16,10 +24,12 @@ per component and one for the admin) and the service-account signing key are mad
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -43,12 +53,45 @@ TOOLS = Path(os.environ.get("MLPLATFORM_TOOLS_DIR", ROOT / ".tools")) / "kube"
 KIND_CONFIG = ROOT / "kind-config.yaml"
 DEFAULT_DIR = ROOT / ".kube-sandbox"
 HOST = "127.0.0.1"
+PORTS = (
+    "etcd",
+    "etcd-peer",
+    "apiserver",
+    "controller-manager",
+    "scheduler",
+    "kwok",
+    "kserve-webhook",
+    "kserve-metrics",
+    "kserve-probe",
+    "knative-controller-metrics",
+    "knative-controller-profiling",
+    "knative-autoscaler-metrics",
+    "knative-autoscaler-profiling",
+    "knative-autoscaler-stats",
+)
 SERVICE_CIDR = "10.96.0.0/16"
-#: Capacity of every fake node (a kind node on a laptop-sized machine); the GPU worker adds GPUS.
-NODE_CAPACITY = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+#: Capacity of every fake node (a kind node on a workstation); the GPU worker adds GPUS.
+NODE_CAPACITY = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-storage": "500Gi"}
 GPUS = "1"
 #: Order in which the processes stop: everything else before the API server, the API server before etcd.
-STOP_ORDER = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+STOP_ORDER = (
+    "ingress",
+    "knative-autoscaler",
+    "knative-controller",
+    "kserve-manager",
+    "kwok",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+)
+KNATIVE_NAMESPACE, KSERVE_NAMESPACE = "knative-serving", "kserve"
+#: Where Knative's activator and queue-proxy images would come from; digests are never resolved here (no registry).
+KNATIVE_IMAGES = "gcr.io/knative-releases/knative.dev/serving/cmd"
+#: Knative's autoscaler registers its own address in an Endpoints object, where loopback is refused; with one
+#: replica it owns every bucket, so nothing ever connects to this address.
+AUTOSCALER_POD_IP = "10.244.255.254"
+INGRESS_API = "/apis/networking.internal.knative.dev/v1alpha1"
 
 
 class SandboxError(RuntimeError):
@@ -66,6 +109,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 # --- certificates ----------------------------------------------------------------------------------------
@@ -338,15 +389,47 @@ class ControlPlane:
                 f"--server-address={HOST}:{p['kwok']}",
                 "--node-lease-duration-seconds=40",
             ],
+            "kserve-manager": [
+                binary("kserve-manager"),
+                f"--metrics-addr={HOST}:{p['kserve-metrics']}",
+                f"--health-probe-addr={HOST}:{p['kserve-probe']}",
+                f"--webhook-port={p['kserve-webhook']}",
+            ],
+            "knative-controller": [binary("knative-controller"), f"--kubeconfig={w / 'kubeconfig'}"],
+            "knative-autoscaler": [binary("knative-autoscaler"), f"--kubeconfig={w / 'kubeconfig'}"],
+            "ingress": [sys.executable, str(Path(__file__).resolve()), "ingress", f"--dir={w}"],
+        }
+
+    def _environments(self) -> dict[str, dict[str, str]]:
+        p, w = self.ports, self.workdir
+        knative = {"SYSTEM_NAMESPACE": KNATIVE_NAMESPACE, "METRICS_DOMAIN": "knative.dev/serving"}
+        return {
+            # the webhook server's certificate is read from $TMPDIR/k8s-webhook-server/serving-certs
+            "kserve-manager": {"POD_NAMESPACE": KSERVE_NAMESPACE, "TMPDIR": str(w / "kserve")},
+            "knative-controller": {
+                **knative,
+                "POD_NAME": "controller-0",
+                "PROFILING_PORT": str(p["knative-controller-profiling"]),
+                "METRICS_PROMETHEUS_PORT": str(p["knative-controller-metrics"]),
+            },
+            "knative-autoscaler": {
+                **knative,
+                "POD_NAME": "autoscaler-0",
+                "POD_IP": AUTOSCALER_POD_IP,
+                "PROFILING_PORT": str(p["knative-autoscaler-profiling"]),
+                "METRICS_PROMETHEUS_PORT": str(p["knative-autoscaler-metrics"]),
+                "KNATIVE_STATS_SERVER_ADDR": f"{HOST}:{p['knative-autoscaler-stats']}",
+            },
         }
 
     def launch(self, name: str) -> None:
         """Start one component (again, after `halt`), its output appended to <workdir>/logs/<name>.log."""
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self._environments().get(name, {})}
         with (logs / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                self._commands()[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self._commands()[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         self._save_state()
 
@@ -383,12 +466,14 @@ class ControlPlane:
         except (OSError, ssl.SSLError) as err:
             return 0, str(err).encode()
 
-    def request(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: dict[str, Any], content_type: str = "application/json"
+    ) -> tuple[int, bytes]:
         req = urllib.request.Request(
             self.server + path,
             data=json.dumps(body).encode(),
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": content_type},
         )
         try:
             with urllib.request.urlopen(req, timeout=10, context=self._ssl()) as reply:
@@ -416,10 +501,10 @@ class ControlPlane:
     def api_ready(self) -> bool:
         return self.get("/readyz", timeout=2)[0] == 200
 
-    def start(self, timeout: float = 60.0) -> ControlPlane:
+    def start(self, timeout: float = 60.0, serving: bool = True) -> ControlPlane:
         began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"):
+        for name in PORTS:
             self.ports[name] = free_port()
         make_pki(self.pki)
         for stem in IDENTITIES:
@@ -444,10 +529,149 @@ class ControlPlane:
                 "kube-controller-manager",
             )
             self.timings["nodes_ready_s"] = time.monotonic() - began
+            if serving:
+                self.start_serving(timeout)
+                self.timings["serving_ready_s"] = time.monotonic() - began
         except BaseException:
             self.stop()
             raise
         return self
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        """The pinned kubectl as the admin; SandboxError with its stderr when it fails."""
+        result = subprocess.run(
+            [binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise SandboxError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def apply(self, *files: Path, stdin: str | None = None) -> None:
+        """Server-side apply (field manager `sandbox`) of files or of YAML text."""
+        sources = [a for f in files for a in ("-f", str(f))] or ["-f", "-"]
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", *sources, stdin=stdin)
+
+    def established(self, names: set[str]) -> bool:
+        """Whether every CustomResourceDefinition named is Established."""
+        status, body = self.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        if status != 200:
+            return False
+        ready = {
+            c["metadata"]["name"]
+            for c in json.loads(body)["items"]
+            if any(
+                x["type"] == "Established" and x["status"] == "True"
+                for x in (c.get("status") or {}).get("conditions") or []
+            )
+        }
+        return names <= ready
+
+    def start_serving(self, timeout: float) -> None:
+        """KServe and Knative Serving with their CRDs, configuration and webhooks (see the module's docstring)."""
+        kserve, knative = TOOLS / "kserve", TOOLS / "knative"
+        self.apply(knative / "crds.yaml", kserve / "crds.yaml")
+        namespaces = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
+            for n in (KNATIVE_NAMESPACE, KSERVE_NAMESPACE)
+        ]
+        self.apply(stdin=yaml.safe_dump_all(namespaces))
+        text = (knative / "crds.yaml").read_text() + (kserve / "crds.yaml").read_text()
+        names = set(re.findall(r"(?m)^  name: (\S+)$", text))  # each CRD's metadata.name
+        self.wait_for(
+            "KServe's and Knative's CRDs Established", lambda: self.established(names), timeout, "kube-apiserver"
+        )
+        self.apply(stdin=yaml.safe_dump_all(self._serving_configuration()))
+        self._webhook_certificate(self.workdir / "kserve" / "k8s-webhook-server" / "serving-certs")
+        for name in ("knative-controller", "knative-autoscaler", "kserve-manager", "ingress"):
+            self.launch(name)
+        self.wait_for(
+            "KServe's webhook server",
+            lambda: _accepts(HOST, self.ports["kserve-webhook"]) and _accepts(HOST, self.ports["kserve-probe"]),
+            timeout,
+            "kserve-manager",
+        )
+
+    def _serving_configuration(self) -> list[dict[str, Any]]:
+        """Knative's ConfigMaps and activator, KServe's ConfigMap and webhooks, adjusted for a sandbox."""
+        kserve, knative = TOOLS / "kserve", TOOLS / "knative"
+        objects = [d for d in yaml.safe_load_all((knative / "configmaps.yaml").read_text()) if d]
+        for config in objects:
+            if config["metadata"]["name"] == "config-deployment":
+                config["data"].update(
+                    {
+                        "queue-sidecar-image": f"{KNATIVE_IMAGES}/queue:v1.17.0",
+                        # no registry is reachable: never resolve image tags to digests
+                        "registries-skipping-tag-resolving": "ghcr.io,docker.io,index.docker.io,gcr.io,kind.local",
+                    }
+                )
+        activator = [d for d in yaml.safe_load_all((knative / "activator.yaml").read_text()) if d]
+        for obj in activator:
+            for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                container["image"] = f"{KNATIVE_IMAGES}/activator:v1.17.0"
+        objects += [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "activator", "namespace": KNATIVE_NAMESPACE},
+            },
+            *activator,
+            *[d for d in yaml.safe_load_all((kserve / "inferenceservice.yaml").read_text()) if d],
+        ]
+        ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()
+        for hooks in yaml.safe_load_all((kserve / "manifests.yaml").read_text()):
+            if not hooks:
+                continue
+            hooks["metadata"]["name"] = hooks["metadata"]["name"].replace(
+                "$(webhookServiceName)", "kserve-webhook-server"
+            )
+            for hook in hooks["webhooks"]:
+                path = hook["clientConfig"].pop("service")["path"]
+                # the API server calls the manager on loopback (no Service network here)
+                hook["clientConfig"] = {"url": f"https://{HOST}:{self.ports['kserve-webhook']}{path}", "caBundle": ca}
+            objects.append(hooks)
+        return objects
+
+    def _webhook_certificate(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = x509.load_pem_x509_certificate((self.pki / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((self.pki / "ca.key").read_bytes(), None)
+        key = _key()
+        cert = _cert(_name("kserve-webhook"), key, ca.subject, ca_key, server_names=("localhost",), server_ips=(HOST,))
+        (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / "tls.key").write_bytes(_pem_key(key))
+
+    def mark_ingresses(self) -> int:
+        """Report every Knative Ingress not yet programmed for its generation as programmed; how many were."""
+        status, body = self.get(f"{INGRESS_API}/ingresses")
+        if status != 200:
+            return 0
+        marked = 0
+        for ingress in json.loads(body)["items"]:
+            meta, current = ingress["metadata"], ingress.get("status") or {}
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in current.get("conditions") or [])
+            if ready and current.get("observedGeneration") == meta["generation"]:
+                continue
+            now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            conditions = [
+                {"type": t, "status": "True", "lastTransitionTime": now}
+                for t in ("LoadBalancerReady", "NetworkConfigured", "Ready")
+            ]
+            patch = {
+                "status": {
+                    "observedGeneration": meta["generation"],
+                    "conditions": conditions,
+                    "publicLoadBalancer": {"ingress": [{"domainInternal": "ingress.sandbox.svc.cluster.local"}]},
+                    "privateLoadBalancer": {"ingress": [{"domainInternal": "ingress.sandbox.svc.cluster.local"}]},
+                }
+            }
+            path = f"{INGRESS_API}/namespaces/{meta['namespace']}/ingresses/{meta['name']}/status"
+            if self.request("PATCH", path, patch, "application/merge-patch+json")[0] == 200:
+                marked += 1
+        return marked
 
     def nodes_ready(self) -> bool:
         status, body = self.get("/api/v1/nodes")
@@ -495,10 +719,16 @@ def _stop_recorded(workdir: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("action", choices=["up", "down", "ingress"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the sandbox keeps its state")
     args = parser.parse_args(argv)
     workdir = args.dir.resolve()
+    if args.action == "ingress":  # the ingress layer's status loop, started by `up` as a component
+        state = json.loads((workdir / "state.json").read_text())
+        plane = ControlPlane(workdir, ports=state["ports"])
+        while True:
+            plane.mark_ingresses()
+            time.sleep(0.2)
     if args.action == "down":
         print("stopped" if _stop_recorded(workdir) else f"no sandbox recorded in {workdir}")
         return 0

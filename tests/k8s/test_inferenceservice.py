@@ -1,15 +1,13 @@
-"""The rendered InferenceService against the KServe CRD, and server-side apply against a stand-in API.
+"""The rendered InferenceService against the KServe CRD, and its server-side apply on the real control plane.
 
-A Kubernetes API server cannot run on this machine (no container engine), so `apply` and
-`wait_ready` talk to a small HTTP stand-in that records the requests and answers like the API does.
+The apply and the wait run against the sandbox's API server with KServe's and Knative's real controllers
+(scripts/kube/sandbox.py): the status read is the one KServe computes.
 """
 
 from __future__ import annotations
 
-import json
-import threading
+import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jsonschema
@@ -17,9 +15,23 @@ import pytest
 from kubernetes import client
 
 from mlplatform.deploy.artifact import storage_uri
-from mlplatform.deploy.inferenceservice import ServiceSpec, apply, is_ready, render, wait_ready
+from mlplatform.deploy.inferenceservice import (
+    DeployError,
+    ServiceSpec,
+    apply_and_wait,
+    get,
+    is_ready,
+    new_revision_expected,
+    predictor_traffic,
+    render,
+    settled,
+    wait_for,
+)
 from mlplatform.errors import ConfigError
 from mlplatform.settings import PlatformSettings
+from scripts.kube.sandbox import ControlPlane
+from tests.k8s import kube
+from tests.k8s.cluster import api_client, apply_objects, ensure_namespace, kubectl
 from tests.k8s.crd import validate_custom_resource
 
 pytestmark = pytest.mark.k8s
@@ -72,62 +84,90 @@ def test_storage_uri_maps_proxied_artifacts_and_refuses_local_paths() -> None:
         storage_uri("file:///tmp/model", PlatformSettings())
 
 
-class _StandIn(BaseHTTPRequestHandler):
-    requests: list[dict[str, Any]] = []
-    ready_after_gets = 2
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _answer(self, obj: dict[str, Any]) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_PATCH(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append({"method": "PATCH", "path": self.path, "type": self.headers["Content-Type"], "body": body})
-        self._answer({**body, "metadata": {**body["metadata"], "generation": 1}})
-
-    def do_GET(self) -> None:
-        gets = sum(r["method"] == "GET" for r in self.requests)
-        self.requests.append({"method": "GET", "path": self.path})
-        ready = "True" if gets + 1 >= self.ready_after_gets else "False"
-        status = {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": ready}]}
-        self._answer({"metadata": {"name": "fraud-detector", "generation": 1}, "status": status})
-
-
 @pytest.fixture
-def api() -> Iterator[client.ApiClient]:
-    _StandIn.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-    yield client.ApiClient(config)
-    server.shutdown()
+def installed(cluster: ControlPlane) -> Iterator[tuple[client.ApiClient, str]]:
+    """The chart's InferenceService and ServingRuntime (version 3) in a fresh namespace, Ready by KServe itself."""
+    namespace = f"isvc-{uuid.uuid4().hex[:6]}"
+    ensure_namespace(cluster, namespace)
+    docs = kube.objects(kube.helm_template("default", kube.WITH_MODEL))
+    objects = [
+        {**d, "metadata": {**d["metadata"], "namespace": namespace}}
+        for d in docs
+        if d["kind"] in ("InferenceService", "ServingRuntime", "ServiceAccount")
+    ]
+    apply_objects(cluster, objects)
+    api = api_client(cluster)
+    wait_for("fraud-detector", namespace, api, is_ready, "ready", timeout_seconds=60, poll_seconds=0.2)
+    yield api, namespace
+    kubectl(cluster, "delete", "namespace", namespace, "--wait=false")
 
 
-def test_apply_is_a_server_side_apply_and_wait_polls_until_ready(api: client.ApiClient) -> None:
-    manifest = render(_spec())
-    apply(manifest, api)
-    live = wait_ready("fraud-detector", "mlplatform", api, timeout_seconds=5, poll_seconds=0.01)
-    assert is_ready(live)
-    patch = _StandIn.requests[0]
-    assert patch["type"] == "application/apply-patch+yaml"
-    assert patch["path"] == (
-        "/apis/serving.kserve.io/v1beta1/namespaces/mlplatform/inferenceservices/fraud-detector"
-        "?fieldManager=mlplatform&force=true"
-    )
-    assert patch["body"] == manifest
-    assert [r["method"] for r in _StandIn.requests] == ["PATCH", "GET", "GET"]
+@pytest.mark.cluster
+def test_a_version_change_is_a_server_side_apply_that_kserve_rolls_out(installed) -> None:
+    api, namespace = installed
+    live = get("fraud-detector", namespace, api)
+    before = predictor_traffic(live).latest_revision
+    manifest = render(_spec(namespace=namespace, model_version="4", storage_uri="s3://mlflow/1/v4/artifacts/model"))
+    settled_obj = apply_and_wait(manifest, api, live, "serving version 4", timeout_seconds=60, poll_seconds=0.2)
+    traffic = predictor_traffic(settled_obj)
+    assert traffic.latest_revision != before and traffic.latest_percent == 100  # KServe/Knative's own status
+    assert settled_obj["spec"]["predictor"]["model"]["storageUri"] == "s3://mlflow/1/v4/artifacts/model"
+    # the version's fields belong to field manager `mlplatform` (an Apply), the rest to whoever installed it
+    managers = {m["manager"]: m for m in settled_obj["metadata"]["managedFields"]}
+    owned = managers["mlplatform"]
+    assert owned["operation"] == "Apply"
+    model_fields = owned["fieldsV1"]["f:spec"]["f:predictor"]["f:model"]
+    assert "f:storageUri" in model_fields and "f:env" in model_fields
+    assert "f:transformer" not in owned["fieldsV1"]["f:spec"]
 
 
-def test_readiness_needs_the_current_generation() -> None:
-    ready = {"type": "Ready", "status": "True"}
-    assert not is_ready({"metadata": {"generation": 2}, "status": {"observedGeneration": 1, "conditions": [ready]}})
-    assert not is_ready(
-        {"metadata": {"generation": 1}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}}
-    )
+@pytest.mark.cluster
+def test_a_change_kserve_cannot_roll_out_times_out_with_its_status(cluster: ControlPlane, installed) -> None:
+    api, namespace = installed
+    kubectl(cluster, "delete", "servingruntime/mlplatform-fraud", "-n", namespace)
+    live = get("fraud-detector", namespace, api)
+    manifest = render(_spec(namespace=namespace, model_version="5", storage_uri="s3://mlflow/1/v5/artifacts/model"))
+    # KServe cannot reconcile it (no runtime) and leaves the status as it was: still the first revision
+    with pytest.raises(DeployError, match=r"not serving version 5 after 3s: .*'latestCreatedRevision': '[^']*-00001'"):
+        apply_and_wait(manifest, api, live, "serving version 5", timeout_seconds=3, poll_seconds=0.2)
+
+
+READY = {"type": "Ready", "status": "True"}
+
+
+def _status(latest: str, ready: str, traffic: list[tuple[str, int, bool]], generation: int = 3) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "status": {
+            # KServe copies observedGeneration from the last Knative Service it reconciled, not from the
+            # InferenceService: it may lag the generation while everything is rolled out
+            "observedGeneration": generation - 1,
+            "conditions": [READY],
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": latest,
+                    "latestReadyRevision": ready,
+                    "traffic": [{"revisionName": r, "percent": p, "latestRevision": x} for r, p, x in traffic],
+                }
+            },
+        },
+    }
+
+
+def test_settled_reads_revisions_and_traffic_not_the_observed_generation() -> None:
+    assert is_ready(_status("p-2", "p-2", [("p-2", 100, True)]))
+    assert not is_ready({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+    promoted = settled("p-1", expect_new=True, latest_percent=100)
+    assert not promoted(_status("p-1", "p-1", [("p-1", 100, True)]))  # the status before KServe saw the change
+    assert not promoted(_status("p-2", "p-1", [("p-1", 100, True)]))  # the new revision not ready yet
+    assert promoted(_status("p-2", "p-2", [("p-2", 100, True)]))
+    canary = settled("p-2", expect_new=False, latest_percent=25)
+    assert not canary(_status("p-2", "p-2", [("p-2", 10, True), ("p-1", 90, False)]))
+    assert canary(_status("p-2", "p-2", [("p-2", 25, True), ("p-1", 75, False)]))
+
+
+def test_only_a_model_change_makes_a_new_revision() -> None:
+    before = render(_spec())
+    assert not new_revision_expected(before, render(_spec(canary_traffic_percent=25)))
+    assert new_revision_expected(before, render(_spec(model_version="5")))
+    assert new_revision_expected(before, render(_spec(role="canary")))
