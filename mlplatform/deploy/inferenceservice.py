@@ -102,12 +102,15 @@ class NotInstalled(DeployError):
 
 
 def install_hint(name: str, namespace: str, storage_uri: str, model_version: str) -> str:
-    """The Helm command that creates the InferenceService serving a version (docs/install.md)."""
+    """The Helm command that creates the InferenceService serving a version (docs/install.md).
+
+    The version goes in with `--set-string`: `--set` would make "1" a number, which the chart's schema refuses.
+    """
     return (
         f"InferenceService {namespace}/{name} does not exist; the chart creates it (the pipeline runner may only "
         f"get and patch it): helm upgrade --install mlplatform helm/mlplatform -n {namespace} --reuse-values "
         f"--set fraudDetector.enabled=true --set fraudDetector.model.storageUri={storage_uri} "
-        f"--set fraudDetector.model.version={model_version}"
+        f"--set-string fraudDetector.model.version={model_version}"
     )
 
 
@@ -132,6 +135,15 @@ def _api_status(exc: Exception) -> tuple[int | None, str]:
     return status, str(message or getattr(exc, "reason", None) or exc)
 
 
+class Unavailable(DeployError):
+    """The API server did not answer, or answered 429 or 5xx (restarting, throttling, its etcd down): retried
+    within the caller's time budget, then reported."""
+
+
+#: Answers that say "not now" rather than "no": retried.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
 def _failure(
     exc: Exception, doing: str, namespace: str, name: str, manifest: dict[str, Any] | None = None
 ) -> DeployError:
@@ -139,7 +151,9 @@ def _failure(
     where = f"{doing} InferenceService {namespace}/{name} failed"
     status, message = _api_status(exc)
     if status is None:  # no answer: connection refused, TLS, timeout
-        return DeployError(f"{where}: {exc}")
+        return Unavailable(f"{where}: the API server did not answer: {exc}")
+    if status in TRANSIENT_STATUSES:
+        return Unavailable(f"{where}: the API server could not serve it now (HTTP {status}): {message}")
     if status == 401:
         return DeployError(
             f"{where}: unauthorized (HTTP 401): the API server did not accept the credentials (an expired or invalid "
@@ -171,29 +185,41 @@ def _failure(
     )
 
 
-def apply(manifest: dict[str, Any], api_client: Any) -> dict[str, Any]:
+def apply(
+    manifest: dict[str, Any], api_client: Any, retry_seconds: float = 60.0, sleep: Any = time.sleep
+) -> dict[str, Any]:
     """Server-side apply `manifest` (field manager `mlplatform`, conflicts forced); returns the live object.
+
+    An apply is idempotent, so one the API server could not serve (`Unavailable`: no answer, 429, 5xx) is tried
+    again, with backoff, for up to `retry_seconds`; the object changes all at once or not at all.
 
     Args:
         manifest: A rendered InferenceService.
         api_client: A `kubernetes.client.ApiClient` configured for the cluster.
+        retry_seconds: How long to keep trying while the API server is unavailable.
     """
     meta = manifest["metadata"]
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}"
-    try:
-        return api_client.call_api(
-            path,
-            "PATCH",
-            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-            body=manifest,
-            response_type="object",
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            _request_timeout=30,
-        )
-    except Exception as exc:  # ApiException, urllib3 errors: say what failed
-        raise _failure(exc, "applying", meta["namespace"], meta["name"], manifest) from exc
+    deadline, backoff = time.monotonic() + retry_seconds, 0.2
+    while True:
+        try:
+            return api_client.call_api(
+                path,
+                "PATCH",
+                query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+                body=manifest,
+                response_type="object",
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=max(1.0, min(30.0, deadline - time.monotonic())),
+            )
+        except Exception as exc:  # ApiException, urllib3 errors: say what failed
+            failure = _failure(exc, "applying", meta["namespace"], meta["name"], manifest)
+            if not isinstance(failure, Unavailable) or time.monotonic() + backoff > deadline:
+                raise failure from exc
+        sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
 
 
 def is_ready(obj: dict[str, Any]) -> bool:
@@ -303,6 +329,17 @@ def predictor_traffic(obj: dict[str, Any]) -> PredictorTraffic:
     )
 
 
+def traffic_managers(obj: dict[str, Any]) -> list[str]:
+    """The field managers that own `spec.predictor.canaryTrafficPercent` (`mlplatform`, or `kubectl-patch`,
+    `kubectl-edit`... when a person changed it), from the object's managedFields."""
+    owners = []
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        predictor = ((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:predictor") or {}
+        if "f:canaryTrafficPercent" in predictor:
+            owners.append(str(entry.get("manager")))
+    return owners
+
+
 def wait_for(
     name: str,
     namespace: str,
@@ -312,14 +349,26 @@ def wait_for(
     timeout_seconds: float = 600.0,
     poll_seconds: float = 5.0,
 ) -> dict[str, Any]:
-    """Poll the InferenceService until `condition(obj)` holds; raises DeployError with its status on timeout."""
+    """Poll the InferenceService until `condition(obj)` holds; raises DeployError with its status on timeout.
+
+    While the API server is unavailable (restarting, its etcd down) polling goes on until the deadline.
+    """
     deadline = time.monotonic() + timeout_seconds
+    last: dict[str, Any] | None = None
+    unavailable: Unavailable | None = None
     while True:
-        last = get(name, namespace, api_client)
-        if condition(last):
-            return last
+        try:
+            last, unavailable = get(name, namespace, api_client), None
+            if condition(last):
+                return last
+        except Unavailable as exc:
+            unavailable = exc
         if time.monotonic() >= deadline:
-            status = last.get("status") or {}
+            if unavailable is not None:
+                raise DeployError(
+                    f"InferenceService {namespace}/{name} not {what} after {timeout_seconds:g}s: {unavailable}"
+                )
+            status = (last or {}).get("status") or {}
             raise DeployError(
                 f"InferenceService {namespace}/{name} not {what} after {timeout_seconds:g}s: "
                 f"conditions {status.get('conditions')}, predictor {status.get('components', {}).get('predictor')}"
@@ -338,9 +387,10 @@ def apply_and_wait(
     """Server-side apply `manifest` over `live` (the object read before) and wait until the change is `settled`.
 
     Raises:
-        DeployError: The API refused it, or it was not in force within `timeout_seconds` (with its status).
+        DeployError: The API refused it, or it was not in force within `timeout_seconds` (with its status);
+            `Unavailable` when the API server did not answer within that time (nothing was changed by this call).
     """
-    applied = apply(manifest, api_client)
+    applied = apply(manifest, api_client, retry_seconds=timeout_seconds)
     previous = predictor_traffic(live).latest_revision
     percent = (manifest["spec"].get("predictor") or {}).get("canaryTrafficPercent")
     condition = settled(previous, new_revision_expected(live, applied), 100 if percent is None else percent)

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from mlplatform.deploy.artifact import prepare_local, storage_uri
 from mlplatform.deploy.cluster import kubernetes_client, render_manifest, require_installed, serving_env
-from mlplatform.deploy.inferenceservice import ANNOTATION_MODEL_VERSION, apply_and_wait, get, predictor_traffic
+from mlplatform.deploy.inferenceservice import (
+    ANNOTATION_MODEL_VERSION,
+    FIELD_MANAGER,
+    Unavailable,
+    apply_and_wait,
+    get,
+    predictor_traffic,
+    traffic_managers,
+)
 from mlplatform.local.prometheus import LocalPrometheus
 from mlplatform.local.serving import start_local, start_splitter
 from mlplatform.registry import RegisteredVersion
@@ -96,7 +105,16 @@ class ClusterBackend:
         apply_and_wait(manifest, self.api, self._live(), what, timeout, self.poll_seconds)
 
     def _live(self) -> dict[str, Any]:
-        return get(self.name_, self.settings.deploy_namespace, self.api)
+        """The live InferenceService; while the API server is unavailable (restarting) it is asked again, within
+        the rollout's ready timeout, so a restart mid-rollout neither stops nor half-applies it."""
+        deadline = time.monotonic() + self.canary_settings.ready_timeout_seconds
+        while True:
+            try:
+                return get(self.name_, self.settings.deploy_namespace, self.api)
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(self.poll_seconds)
 
     def start_canary(self, percent: int) -> None:
         live = require_installed(
@@ -116,6 +134,11 @@ class ClusterBackend:
 
     def canary_percent(self) -> int | None:
         return predictor_traffic(self._live()).canary_percent
+
+    def traffic_changed_by(self) -> str | None:
+        """The field manager other than `mlplatform` that owns canaryTrafficPercent (who changed it by hand)."""
+        others = [m for m in traffic_managers(self._live()) if m != FIELD_MANAGER]
+        return ", ".join(others) or None
 
     def promote(self) -> None:
         # the predictor relabelled stable is a new revision: it takes all the traffic once ready
@@ -313,6 +336,10 @@ class LocalBackend:
         assert self.splitter is not None, "open() first"
         split = self.splitter.split()
         return int(split["canary_percent"]) if split.get("canary") else None
+
+    def traffic_changed_by(self) -> str | None:
+        """Unknown locally: the splitter does not record who moved its split."""
+        return None
 
     def promote(self) -> None:
         """The canary version takes all traffic, served by a fresh pair labelled stable (as a new revision is)."""

@@ -57,6 +57,9 @@ class Backend(Protocol):
     def canary_percent(self) -> int | None:
         """The share in force now (None: no canary split, the newest version gets everything)."""
 
+    def traffic_changed_by(self) -> str | None:
+        """Who changed the split outside the controller, where the target records it (None: unknown)."""
+
     def promote(self) -> None:
         """Give the canary all traffic as the new stable version; wait until it is in force."""
 
@@ -394,7 +397,11 @@ class Controller:
             return f"{requested} requested by a person (mlplatform rollout {requested})"
         live = self.backend.canary_percent()
         if live != self._expected_percent:
-            return f"traffic changed outside the controller: canary at {live} % instead of {self._expected_percent} %"
+            who = self.backend.traffic_changed_by()
+            by = f" by {who}" if who else ""
+            return (
+                f"traffic changed outside the controller{by}: canary at {live} % instead of {self._expected_percent} %"
+            )
         return None
 
     def _conclude(self, step: StepRecord, started: float) -> RolloutReport:

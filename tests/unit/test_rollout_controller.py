@@ -64,6 +64,9 @@ class FakeBackend:
     def canary_percent(self) -> int | None:
         return self.percent
 
+    def traffic_changed_by(self) -> str | None:
+        return None
+
     def promote(self) -> None:
         self.calls.append(("promote", None))
         self.percent = None
