@@ -89,7 +89,12 @@ def test_kind_overlay_points_at_the_dev_services_and_binds_the_kfp_runner() -> N
     )
     subjects = find(docs, "RoleBinding")["subjects"]
     assert {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"} in subjects
-    assert all(d["metadata"].get("namespace", "mlplatform") == "mlplatform" for d in docs)
+    # the steps run in namespace kubeflow and read their settings there, as with the kind Helm profile
+    settings = find(docs, "ConfigMap", "pipeline-settings")
+    helm = find(objects(kube.helm_template("kind", kube.WITH_MODEL)), "ConfigMap", "pipeline-settings")
+    assert settings["metadata"]["namespace"] == helm["metadata"]["namespace"] == "kubeflow"
+    assert settings["data"] == helm["data"]
+    assert all(d["metadata"].get("namespace", "mlplatform") == "mlplatform" for d in docs if d is not settings)
 
 
 def test_production_overlay_runs_two_replicas_with_disruption_budgets() -> None:
