@@ -195,36 +195,59 @@ def launch_trainjob(
     Returns:
         The completed TrainJob as the API server returned it.
 
+    The API server not answering (a restart, throttling: no answer, 429, 5xx) is waited out until the deadline,
+    for the create and for every read; the job is judged only by its own conditions.
+
     Raises:
         TrainJobError: It failed (condition Failed), did not finish within `timeout_seconds` (it is then
-            deleted, freeing its GPUs), or a TrainJob of the same name has another spec.
+            deleted, freeing its GPUs), was deleted by someone else, a TrainJob of the same name has another
+            spec, or the API server did not answer until the deadline.
     """
-    from kubernetes.client.exceptions import ApiException
+    from mlplatform.deploy.inferenceservice import is_transient
 
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     where = f"TrainJob {ns}/{name}"
-    try:
-        api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        existing = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        theirs = existing.get("metadata", {}).get("labels", {}).get(SPEC_HASH_LABEL)
-        if theirs != meta["labels"][SPEC_HASH_LABEL]:
-            raise TrainJobError(
-                f"{where} already exists with another spec (label {SPEC_HASH_LABEL}={theirs}); "
-                f"delete it (kubectl delete trainjob -n {ns} {name}) or start a new pipeline run"
-            ) from None
     deadline = clock() + timeout_seconds
+
+    while True:  # create, or attach to the TrainJob a previous attempt of this task created (409)
+        try:
+            api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+            break
+        except Exception as exc:  # ApiException, or no answer at all (urllib3): the API server restarting
+            if getattr(exc, "status", None) == 409:
+                break
+            if not is_transient(exc):
+                raise
+            failure = exc
+        if clock() >= deadline:
+            raise TrainJobError(
+                f"{where}: the API server did not answer while creating it within {timeout_seconds:.0f} s "
+                f"(retried: {failure}); retry the task: it attaches to the TrainJob if it was created"
+            ) from failure
+        sleep(poll_interval_seconds)
     pending: list[str] = []
+    checked = False
     while True:
         try:
             obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        except ApiException as exc:  # the API server restarting or throttling is not the job failing
-            if exc.status not in (429, 500, 502, 503, 504):
+        except Exception as exc:  # the API server restarting or throttling is not the job failing
+            if getattr(exc, "status", None) == 404:
+                raise TrainJobError(
+                    f"{where} was deleted while the task waited for it (by a person or another task); "
+                    "retry the task to start it again"
+                ) from None
+            if not is_transient(exc):
                 raise
             obj = {}
+        if obj and not checked:  # ours, or one a previous attempt made with the same spec
+            theirs = obj.get("metadata", {}).get("labels", {}).get(SPEC_HASH_LABEL)
+            if theirs != meta["labels"][SPEC_HASH_LABEL]:
+                raise TrainJobError(
+                    f"{where} already exists with another spec (label {SPEC_HASH_LABEL}={theirs}); "
+                    f"delete it (kubectl delete trainjob -n {ns} {name}) or start a new pipeline run"
+                )
+            checked = True
         if _condition(obj, "Complete"):
             return obj
         failed = _condition(obj, "Failed")
@@ -238,8 +261,16 @@ def launch_trainjob(
             log(f"{where}: pods not scheduled: " + "; ".join(reasons))
         pending = reasons
         if clock() >= deadline:
-            api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
             why = f"; its pods were never scheduled: {'; '.join(pending)}" if pending else ""
+            try:
+                api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                raise TrainJobError(
+                    f"{where} did not complete within {timeout_seconds:.0f} s and could not be deleted (the API "
+                    f"server did not answer: {exc}): delete it with kubectl delete trainjob -n {ns} {name}{why}"
+                ) from exc
             raise TrainJobError(f"{where} did not complete within {timeout_seconds:.0f} s; deleted it{why}")
         sleep(poll_interval_seconds)
 

@@ -144,6 +144,17 @@ class Unavailable(DeployError):
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
+def is_transient(exc: Exception) -> bool:
+    """Whether a failed Kubernetes API call says "not now": no answer at all (connection refused or reset, TLS,
+    timeout: the API server restarting) or 429/5xx. Worth retrying within the caller's time budget."""
+    import urllib3
+
+    status, _ = _api_status(exc)
+    if status is None:
+        return isinstance(exc, OSError | urllib3.exceptions.HTTPError)
+    return status in TRANSIENT_STATUSES
+
+
 def _failure(
     exc: Exception, doing: str, namespace: str, name: str, manifest: dict[str, Any] | None = None
 ) -> DeployError:

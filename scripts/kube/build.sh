@@ -18,6 +18,9 @@
 #   Deployment that scripts/kube/sandbox.py installs. The autoscaler's stats server address is a constant
 #   (":8080", every interface) in Knative's source; the build overlays that one line so the sandbox can bind it
 #   to loopback on a free port (KNATIVE_STATS_SERVER_ADDR).
+# - Kubeflow Trainer's controller manager (scripts/kube/trainer) and JobSet's (scripts/kube/jobset: its own module,
+#   as it builds against an older controller-runtime than Trainer's), with their CRDs, their webhook configurations
+#   and the torch-distributed ClusterTrainingRuntime from the same pinned modules.
 #
 # Each group is rebuilt only when its record (pin + hash of its wrapper go.mod/go.sum) differs.
 set -euo pipefail
@@ -33,10 +36,17 @@ ETCD_VERSION=v3.6.5
 KWOK_VERSION=v0.8.0
 KSERVE_VERSION=v0.16.0    # scripts/kube/kserve/go.mod
 KNATIVE_VERSION=v0.44.0   # scripts/kube/knative/go.mod: the Knative Serving KServe v0.16 is built against
+TRAINER_VERSION=v2.2.0    # scripts/kube/trainer/go.mod (v2.0.0's TrainJob has no spec.runtimePatches)
+JOBSET_VERSION=v0.11.1    # scripts/kube/jobset/go.mod: the JobSet Trainer v2.2 is built against
+# The kwok Stages: fast node start and heartbeat; pods ready at once, Job pods completed, deleted at once; and the
+# chaos Stage failing a pod labelled pod-container-running-failed.stage.kwok.x-k8s.io=true (a TrainJob that fails).
+KWOK_STAGES="node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
+  pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml pod/chaos/pod-container-running-failed.yaml"
 
 if [[ "${1:-}" == "versions" ]]; then
-  printf 'kubernetes %s\netcd %s\nkwok %s\nkserve %s\nknative-serving %s\n' \
-    "$KUBERNETES_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$KSERVE_VERSION" "$KNATIVE_VERSION"
+  printf 'kubernetes %s\netcd %s\nkwok %s\nkserve %s\nknative-serving %s\ntrainer %s\njobset %s\n' \
+    "$KUBERNETES_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$KSERVE_VERSION" "$KNATIVE_VERSION" "$TRAINER_VERSION" \
+    "$JOBSET_VERSION"
   exit 0
 fi
 
@@ -81,17 +91,15 @@ if stale etcd "$want"; then
   echo "$want" >"$BIN/etcd.version"
 fi
 
-want="kwok $KWOK_VERSION"
+want="kwok $KWOK_VERSION $(echo $KWOK_STAGES | sha256sum | cut -c1-16)"
 if stale kwok "$want"; then
   echo "kube/build.sh: building kwok $KWOK_VERSION (first time only)"
   GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  # The Stages kwok plays on its nodes and pods: node-fast (initialize), heartbeat with a Lease, pod-fast
-  # (ready, Job pods complete, deletion), taken from the same pinned module.
+  # The Stages kwok plays on its nodes and pods (KWOK_STAGES), taken from the same pinned module.
   src="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
   stage="$src/kustomize/stage"
   {
-    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-      pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    for f in $KWOK_STAGES; do
       echo "---"
       cat "$stage/$f"
     done
@@ -146,4 +154,22 @@ if stale knative "$want"; then
   yamls "$serving"/config/core/configmaps/*.yaml "$networking/config/config-network.yaml" >"$KUBE/knative/configmaps.yaml"
   cp "$serving/config/core/deployments/activator.yaml" "$KUBE/knative/activator.yaml"
   echo "$want" >"$BIN/knative.version"
+fi
+
+want="trainer $TRAINER_VERSION jobset $JOBSET_VERSION $(wrapper_hash trainer) $(wrapper_hash jobset)"
+if stale trainer "$want"; then
+  echo "kube/build.sh: building Kubeflow Trainer's controller manager $TRAINER_VERSION and JobSet's $JOBSET_VERSION (first time only)"
+  (cd "$HERE/trainer" && go mod download github.com/kubeflow/trainer/v2 \
+    && go build -trimpath -ldflags "-s -w" -o "$BIN/trainer-manager" github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager)
+  (cd "$HERE/jobset" && go mod download sigs.k8s.io/jobset \
+    && go build -trimpath -ldflags "-s -w" -o "$BIN/jobset-manager" sigs.k8s.io/jobset)
+  trainer="$(module_dir trainer github.com/kubeflow/trainer/v2)"
+  jobset="$(module_dir jobset sigs.k8s.io/jobset)"
+  mkdir -p "$KUBE/trainer"
+  yamls "$trainer"/manifests/base/crds/trainer.kubeflow.org_*.yaml "$jobset"/config/components/crd/bases/*.yaml \
+    >"$KUBE/trainer/crds.yaml"
+  "$TOOLS_DIR/bin/kustomize" build "$trainer/manifests/base/webhook" >"$KUBE/trainer/webhooks-trainer.yaml"
+  "$TOOLS_DIR/bin/kustomize" build "$jobset/config/components/webhook" >"$KUBE/trainer/webhooks-jobset.yaml"
+  cp "$trainer/manifests/base/runtimes/torch_distributed.yaml" "$KUBE/trainer/runtimes.yaml"
+  echo "$want" >"$BIN/trainer.version"
 fi

@@ -14,6 +14,12 @@ InferenceService is reconciled by KServe into Knative Services, Revisions and De
 layer (Istio or Kourier: an Envoy data plane, which cannot run without containers): `mark_ingresses` reports each
 Knative Ingress as programmed for its generation, which is all Knative's Route waits for.
 
+For distributed training run Kubeflow Trainer's controller manager (its CRDs, webhooks and the `torch-distributed`
+ClusterTrainingRuntime) and JobSet's (its CRD and webhooks): a TrainJob becomes a JobSet, Jobs and pods placed by
+the scheduler; kwok completes Job pods at once, and fails those labelled
+`pod-container-running-failed.stage.kwok.x-k8s.io: "true"` (kwok's chaos Stage), so both outcomes run through the
+controllers' own status logic. What the pods would compute (torchrun) does not run.
+
     python scripts/kube/sandbox.py up   [--dir .kube-sandbox]   # start; prints the kubeconfig's path
     python scripts/kube/sandbox.py down [--dir .kube-sandbox]   # stop everything up started
 
@@ -68,6 +74,12 @@ PORTS = (
     "knative-autoscaler-metrics",
     "knative-autoscaler-profiling",
     "knative-autoscaler-stats",
+    "jobset-webhook",
+    "jobset-metrics",
+    "jobset-probe",
+    "trainer-webhook",
+    "trainer-metrics",
+    "trainer-probe",
 )
 SERVICE_CIDR = "10.96.0.0/16"
 #: Capacity of every fake node (a kind node on a workstation); the GPU worker adds GPUS.
@@ -75,6 +87,8 @@ NODE_CAPACITY = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-stora
 GPUS = "1"
 #: Order in which the processes stop: everything else before the API server, the API server before etcd.
 STOP_ORDER = (
+    "trainer-manager",
+    "jobset-manager",
     "ingress",
     "knative-autoscaler",
     "knative-controller",
@@ -86,12 +100,45 @@ STOP_ORDER = (
     "etcd",
 )
 KNATIVE_NAMESPACE, KSERVE_NAMESPACE = "knative-serving", "kserve"
+TRAINER_NAMESPACE, JOBSET_NAMESPACE = "kubeflow-system", "jobset-system"
 #: Where Knative's activator and queue-proxy images would come from; digests are never resolved here (no registry).
 KNATIVE_IMAGES = "gcr.io/knative-releases/knative.dev/serving/cmd"
 #: Knative's autoscaler registers its own address in an Endpoints object, where loopback is refused; with one
 #: replica it owns every bucket, so nothing ever connects to this address.
 AUTOSCALER_POD_IP = "10.244.255.254"
 INGRESS_API = "/apis/networking.internal.knative.dev/v1alpha1"
+
+
+#: The storage initializer as KServe's Helm chart installs it (kserve-resources: ClusterStorageContainer `default`
+#: with `kserve.storage.containerSecurityContext`). Without it KServe injects the initializer of its default
+#: `inferenceservice-config`, which has no securityContext, and a namespace enforcing the `restricted` Pod Security
+#: Standard (the chart's) refuses every predictor pod ("storage-initializer" must set allowPrivilegeEscalation=false
+#: and drop ALL capabilities): the predictor never becomes ready. A cluster installed with KServe's Helm chart has it.
+STORAGE_CONTAINER: dict[str, Any] = {
+    "apiVersion": "serving.kserve.io/v1alpha1",
+    "kind": "ClusterStorageContainer",
+    "metadata": {"name": "default"},
+    "spec": {
+        "container": {
+            "name": "storage-initializer",
+            "image": "kserve/storage-initializer:v0.16.0",
+            "resources": {"requests": {"memory": "100Mi", "cpu": "100m"}, "limits": {"memory": "1Gi", "cpu": "1"}},
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "privileged": False,
+                "runAsNonRoot": True,
+            },
+        },
+        "supportedUriFormats": [
+            *({"prefix": p} for p in ("gs://", "s3://", "hdfs://", "hf://", "webhdfs://")),
+            {"regex": "https://(.+?).blob.core.windows.net/(.+)"},
+            {"regex": "https://(.+?).file.core.windows.net/(.+)"},
+            {"regex": "https?://(.+)/(.+)"},
+        ],
+        "workloadType": "initContainer",
+    },
+}
 
 
 class SandboxError(RuntimeError):
@@ -398,6 +445,8 @@ class ControlPlane:
             "knative-controller": [binary("knative-controller"), f"--kubeconfig={w / 'kubeconfig'}"],
             "knative-autoscaler": [binary("knative-autoscaler"), f"--kubeconfig={w / 'kubeconfig'}"],
             "ingress": [sys.executable, str(Path(__file__).resolve()), "ingress", f"--dir={w}"],
+            "jobset-manager": [binary("jobset-manager"), f"--config={w / 'jobset' / 'config.yaml'}"],
+            "trainer-manager": [binary("trainer-manager"), f"--config={w / 'trainer' / 'config.yaml'}"],
         }
 
     def _environments(self) -> dict[str, dict[str, str]]:
@@ -406,6 +455,8 @@ class ControlPlane:
         return {
             # the webhook server's certificate is read from $TMPDIR/k8s-webhook-server/serving-certs
             "kserve-manager": {"POD_NAMESPACE": KSERVE_NAMESPACE, "TMPDIR": str(w / "kserve")},
+            "jobset-manager": {"POD_NAMESPACE": JOBSET_NAMESPACE, "TMPDIR": str(w / "jobset")},
+            "trainer-manager": {"POD_NAMESPACE": TRAINER_NAMESPACE, "TMPDIR": str(w / "trainer")},
             "knative-controller": {
                 **knative,
                 "POD_NAME": "controller-0",
@@ -501,7 +552,7 @@ class ControlPlane:
     def api_ready(self) -> bool:
         return self.get("/readyz", timeout=2)[0] == 200
 
-    def start(self, timeout: float = 60.0, serving: bool = True) -> ControlPlane:
+    def start(self, timeout: float = 60.0, serving: bool = True, training: bool = True) -> ControlPlane:
         began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in PORTS:
@@ -532,6 +583,9 @@ class ControlPlane:
             if serving:
                 self.start_serving(timeout)
                 self.timings["serving_ready_s"] = time.monotonic() - began
+            if training:
+                self.start_training(timeout)
+                self.timings["training_ready_s"] = time.monotonic() - began
         except BaseException:
             self.stop()
             raise
@@ -620,6 +674,7 @@ class ControlPlane:
             },
             *activator,
             *[d for d in yaml.safe_load_all((kserve / "inferenceservice.yaml").read_text()) if d],
+            STORAGE_CONTAINER,
         ]
         ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()
         for hooks in yaml.safe_load_all((kserve / "manifests.yaml").read_text()):
@@ -635,14 +690,98 @@ class ControlPlane:
             objects.append(hooks)
         return objects
 
-    def _webhook_certificate(self, folder: Path) -> None:
+    def _webhook_certificate(self, folder: Path, name: str = "kserve-webhook") -> None:
+        """A serving certificate for a controller's webhook server on loopback, signed by the sandbox CA."""
         folder.mkdir(parents=True, exist_ok=True)
         ca = x509.load_pem_x509_certificate((self.pki / "ca.crt").read_bytes())
         ca_key = serialization.load_pem_private_key((self.pki / "ca.key").read_bytes(), None)
         key = _key()
-        cert = _cert(_name("kserve-webhook"), key, ca.subject, ca_key, server_names=("localhost",), server_ips=(HOST,))
+        cert = _cert(_name(name), key, ca.subject, ca_key, server_names=("localhost",), server_ips=(HOST,))
         (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (folder / "tls.key").write_bytes(_pem_key(key))
+
+    def start_training(self, timeout: float) -> None:
+        """Kubeflow Trainer's and JobSet's controller managers with their CRDs, webhooks and the torch runtime.
+
+        A TrainJob becomes a JobSet (Trainer), the JobSet Jobs (JobSet), the Jobs pods (kube-controller-manager)
+        that the scheduler places and kwok runs to completion; each controller's status logic is its own.
+        """
+        trainer = TOOLS / "trainer"
+        self.apply(trainer / "crds.yaml")
+        namespaces = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
+            for n in (TRAINER_NAMESPACE, JOBSET_NAMESPACE)
+        ]
+        self.apply(stdin=yaml.safe_dump_all(namespaces))
+        names = set(re.findall(r"(?m)^  name: (\S+)$", (trainer / "crds.yaml").read_text()))
+        self.wait_for(
+            "Trainer's and JobSet's CRDs Established", lambda: self.established(names), timeout, "kube-apiserver"
+        )
+        self.apply(stdin=yaml.safe_dump_all(self._training_webhooks()))
+        for component in ("jobset", "trainer"):
+            folder = self.workdir / component
+            self._webhook_certificate(folder / "k8s-webhook-server" / "serving-certs", f"{component}-webhook")
+            (folder / "config.yaml").write_text(yaml.safe_dump(self._training_configuration(component)))
+            self.launch(f"{component}-manager")
+        self.wait_for(
+            "JobSet's and Trainer's webhook servers",
+            lambda: _accepts(HOST, self.ports["jobset-webhook"]) and _accepts(HOST, self.ports["trainer-webhook"]),
+            timeout,
+            "trainer-manager",
+        )
+        # the ClusterTrainingRuntime goes through Trainer's validating webhook, which answers once it is served
+        self.wait_for(
+            "the torch-distributed ClusterTrainingRuntime accepted",
+            lambda: self._try_apply(trainer / "runtimes.yaml"),
+            timeout,
+            "trainer-manager",
+        )
+
+    def _try_apply(self, path: Path) -> bool:
+        try:
+            self.apply(path)
+        except SandboxError:
+            return False
+        return True
+
+    def _training_configuration(self, component: str) -> dict[str, Any]:
+        """The manager's --config: its servers on loopback, no leader election, certificates made by the sandbox."""
+        p = self.ports
+        group = "config.jobset.x-k8s.io" if component == "jobset" else "config.trainer.kubeflow.org"
+        config: dict[str, Any] = {
+            "apiVersion": f"{group}/v1alpha1",
+            "kind": "Configuration",
+            "leaderElection": {"leaderElect": False},
+            "webhook": {"host": HOST, "port": p[f"{component}-webhook"]},
+            "metrics": {"bindAddress": f"{HOST}:{p[f'{component}-metrics']}"},
+            "health": {"healthProbeBindAddress": f"{HOST}:{p[f'{component}-probe']}"},
+        }
+        if component == "jobset":
+            config["internalCertManagement"] = {"enable": False}
+        else:
+            config["certManagement"] = {"enable": False}
+            config["metrics"]["secureServing"] = False
+            config["health"].update({"readinessEndpointName": "readyz", "livenessEndpointName": "healthz"})
+        return config
+
+    def _training_webhooks(self) -> list[dict[str, Any]]:
+        """Trainer's and JobSet's webhook configurations, called by the API server on loopback with the sandbox CA."""
+        ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()
+        objects = []
+        for component in ("jobset", "trainer"):
+            for hooks in yaml.safe_load_all((TOOLS / "trainer" / f"webhooks-{component}.yaml").read_text()):
+                if not hooks or not hooks["kind"].endswith("WebhookConfiguration"):
+                    continue  # the Service in front of the manager: there is no Service network here
+                if hooks["metadata"]["name"] in ("mutating-webhook-configuration", "validating-webhook-configuration"):
+                    hooks["metadata"]["name"] = (
+                        f"{component}-{hooks['metadata']['name']}"  # kubebuilder's generic names
+                    )
+                for hook in hooks["webhooks"]:
+                    path = hook["clientConfig"].pop("service")["path"]
+                    url = f"https://{HOST}:{self.ports[f'{component}-webhook']}{path}"
+                    hook["clientConfig"] = {"url": url, "caBundle": ca}
+                objects.append(hooks)
+        return objects
 
     def mark_ingresses(self) -> int:
         """Report every Knative Ingress not yet programmed for its generation as programmed; how many were."""

@@ -24,6 +24,17 @@ def api_client(plane: ControlPlane, kubeconfig: Path | None = None) -> client.Ap
     return config.new_client_from_config(config_file=str(kubeconfig or plane.kubeconfig))
 
 
+def token_client(plane: ControlPlane, account: str, namespace: str) -> client.ApiClient:
+    """A client that authenticates as a ServiceAccount with a token of its own (TokenRequest), as its pod would."""
+    token = kubectl(plane, "create", "token", account, "-n", namespace).strip()
+    configuration = client.Configuration()
+    configuration.host = plane.server
+    configuration.ssl_ca_cert = str(plane.pki / "ca.crt")
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    return client.ApiClient(configuration)
+
+
 def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None, check: bool = True) -> str:
     """Run the pinned kubectl against the sandbox; its stdout (AssertionError with stderr when it fails)."""
     result = subprocess.run(

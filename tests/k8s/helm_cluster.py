@@ -183,6 +183,53 @@ def volume_for(claim: dict[str, Any], namespace: str) -> dict[str, Any]:
     }
 
 
+#: The ReadWriteMany claim TrainJob pods mount (the chart's distributedTraining.sharedClaim.name).
+SHARED_CLAIM = "training-shared"
+
+
+def create_shared_claim(plane: ControlPlane, namespace: str, name: str = SHARED_CLAIM) -> None:
+    """The shared ReadWriteMany claim a TrainJob's pods mount, bound to a volume made for it (`volume_for`)."""
+    prepare(plane)
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": "1Gi"}},
+            "storageClassName": STORAGE_CLASS,
+        },
+    }
+    apply_objects(plane, [claim, volume_for(claim, namespace)])
+
+
+def create_storage_secrets(plane: ControlPlane, rendered: list[dict[str, Any]], namespace: str) -> list[str]:
+    """The S3 credentials Secrets the chart's ServiceAccounts list (fraudDetector.storage.existingSecret), made as
+    scripts/cluster.sh makes them (annotated for KServe). KServe's pod mutator reads them when it injects the storage
+    initializer and refuses the predictor's pod while one is missing, as it would on any cluster."""
+    names = sorted({s["name"] for d in rendered if d["kind"] == "ServiceAccount" for s in d.get("secrets") or []})
+    secrets = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "annotations": {
+                    "serving.kserve.io/s3-endpoint": "minio.mlplatform-deps.svc.cluster.local:9000",
+                    "serving.kserve.io/s3-usehttps": "0",
+                    "serving.kserve.io/s3-region": "us-east-1",
+                },
+            },
+            "stringData": {"AWS_ACCESS_KEY_ID": "mlplatform", "AWS_SECRET_ACCESS_KEY": "not-a-real-key"},
+        }
+        for name in names
+    ]
+    if secrets:
+        apply_objects(plane, secrets)
+    return names
+
+
 def create_volumes(plane: ControlPlane, rendered: list[dict[str, Any]], namespace: str) -> list[str]:
     """A PersistentVolume for each claim the chart creates (see `volume_for`); their names."""
     volumes = [volume_for(d, namespace) for d in rendered if d["kind"] == "PersistentVolumeClaim"]
@@ -283,6 +330,7 @@ def install(
     layers = ((kube.WITH_MODEL,) if with_model else ()) + values
     rendered = kube.objects(kube.helm_template(profile, *layers))
     create_namespace(plane, namespace)
+    create_storage_secrets(plane, rendered, namespace)
     volumes = create_volumes(plane, rendered, namespace)
     with values_file(*layers) as extra:
         began = time.monotonic()

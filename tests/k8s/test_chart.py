@@ -159,9 +159,32 @@ def test_prediction_log_is_an_empty_dir_by_default_and_a_claim_in_production(ren
 
     assert "emptyDir" in log_volume(objects(render("default", True)))
     production = objects(render("production", True))
-    claim = find(production, "PersistentVolumeClaim")
+    claim = find(production, "PersistentVolumeClaim", "prediction-log")
     assert log_volume(production)["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_distributed_training_grants_the_runner_its_trainjobs_and_a_shared_claim_in_production(render) -> None:
+    """distributedTraining (on in production): the Role the distributed train task needs in the pipelines'
+    namespace, bound to the runner, and the ReadWriteMany claim it shares with the TrainJob's pods (kept on
+    uninstall: checkpoints to resume from). The authorizer's view of it is in tests/k8s/test_rbac_cluster.py."""
+    default = objects(render("default", True))
+    assert not [d for d in default if "distributed-training" in d["metadata"]["name"]]
+    production = objects(render("production", True))
+    role = find(production, "Role", "distributed-training")
+    assert role["rules"] == [
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    ]
+    binding = find(production, "RoleBinding", "distributed-training")
+    runner = find(production, "ServiceAccount", "pipeline-runner")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert {"kind": "ServiceAccount", "name": runner["metadata"]["name"], "namespace": "mlplatform"} in binding[
+        "subjects"
+    ]
+    claim = find(production, "PersistentVolumeClaim", "training-shared")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
 def test_serving_runtime_and_inference_service_follow_the_serving_contract(render) -> None:

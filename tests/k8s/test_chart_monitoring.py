@@ -91,8 +91,13 @@ def test_the_monitor_reads_the_prediction_log_read_only_and_needs_no_api_access(
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MLPLATFORM_MONITOR_PREDICTION_LOG_DIR"] == mount["mountPath"]
     assert env["MLPLATFORM_MLFLOW_TRACKING_URI"].startswith("http://mlplatform-mlflow.")
-    # Least privilege: the only Role is the pipeline runner's; no cluster-wide RBAC at all.
-    assert _names(docs, "Role") == {"mlplatform-pipeline-runner"}
+    # Least privilege: the only Roles are the pipeline runner's (its InferenceService, and its TrainJobs for the
+    # distributed train task); none binds the monitor; no cluster-wide RBAC at all.
+    assert _names(docs, "Role") == {"mlplatform-pipeline-runner", "mlplatform-distributed-training"}
+    monitor_account = monitor.get("serviceAccountName", "")
+    assert not [
+        b for b in docs if b["kind"] == "RoleBinding" and any(s["name"] == monitor_account for s in b["subjects"])
+    ]
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 

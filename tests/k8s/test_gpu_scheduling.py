@@ -3,8 +3,8 @@ worker; with its GPU taken they stay Pending, and the platform reports the sched
 
 The train task's pod is built from the compiled pipeline (KFP IR: accelerator limit, node selector,
 toleration) the way the Kubeflow Pipelines backend turns an executor into a pod (a stand-in: the KFP backend
-cannot be built here). The TrainJob's pod is its node template as rendered (`render_trainjob`'s runtime
-patch), the pod JobSet would create from it.
+cannot be built here). The TrainJob is the rendered one, created by the launcher: the real Kubeflow Trainer and
+JobSet controllers make its pods.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from mlplatform.training.loop import TrainConfig
 from mlplatform.training.model import ModelConfig
 from pipelines import compile_pipeline
 from scripts.kube.sandbox import ControlPlane
+from tests.k8s import helm_cluster as hc
 from tests.k8s.cluster import api_client, apply_objects, ensure_namespace, eventually, get_json, kubectl
 
 pytestmark = [pytest.mark.k8s, pytest.mark.cluster]
@@ -61,8 +62,9 @@ def train_pod_spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture
 def namespace(cluster: ControlPlane) -> Iterator[str]:
     ensure_namespace(cluster, NS)
+    hc.create_shared_claim(cluster, NS)
     yield NS
-    kubectl(cluster, "delete", "pods", "--all", "-n", NS, "--wait=true", "--grace-period=0")
+    kubectl(cluster, "delete", "trainjobs,pods", "--all", "-n", NS, "--wait=true", "--grace-period=0")
 
 
 def _pod(name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -112,61 +114,43 @@ def _trainjob(name: str, gpus: int) -> dict[str, Any]:
         namespace=NS,
         image="ghcr.io/mlplatform/mlplatform-components:0.1.0",
         runtime="torch-distributed",
-        pvc_name="training-shared",
+        pvc_name=hc.SHARED_CLAIM,
         run_dir="/mnt/mlplatform-shared/run/train-distributed",
         config=TrainConfig(),
         model_config=ModelConfig(feature_names=["a"], hidden_units=[8]),
         num_nodes=1,
         gpus_per_node=gpus,
+        cpu_per_node="1",
+        memory_per_node="1Gi",
     )
 
 
-def _trainjob_pod(obj: dict[str, Any], index: int = 0) -> dict[str, Any]:
-    """The pod JobSet creates for node `index` of the TrainJob: its runtime patch's template, resources per node."""
-    job = obj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
-    spec = job["template"]["spec"]["template"]["spec"]
-    container = {**spec["containers"][0], "image": "ghcr.io/mlplatform/mlplatform-components:0.1.0"}
-    container["resources"] = obj["spec"]["trainer"]["resourcesPerNode"]
-    volumes = [v for v in spec.get("volumes", []) if "persistentVolumeClaim" not in v]  # no RWX volume here
-    mounts = [m for m in container.get("volumeMounts", []) if m["name"] in {v["name"] for v in volumes}]
-    container["volumeMounts"] = mounts
-    pod_spec = {**spec, "containers": [container], "volumes": volumes, "restartPolicy": "Never"}
-    labels = {JOBSET_NAME_LABEL: obj["metadata"]["name"]}
-    return _pod(f"{obj['metadata']['name']}-node-0-{index}", pod_spec, labels)
+def _trainjob_nodes(cluster: ControlPlane, name: str) -> set[str | None]:
+    """Where the scheduler put the pods JobSet made for the TrainJob (kwok completes them at once)."""
+    pods = get_json(cluster, "pods", "-n", NS, "-l", f"{JOBSET_NAME_LABEL}={name}")["items"]
+    return {p["spec"].get("nodeName") for p in pods}
 
 
 def test_trainjob_pods_land_only_on_the_gpu_worker_and_the_launcher_says_why_they_wait(
-    cluster: ControlPlane, namespace: str
+    cluster: ControlPlane, namespace: str, train_pod_spec: dict[str, Any]
 ) -> None:
-    first, second = _trainjob("tj-first", 1), _trainjob("tj-second", 1)
-    apply_objects(cluster, [_trainjob_pod(first)])
-    assert eventually(lambda: _node_of(cluster, "tj-first-node-0-0"), "first TrainJob pod scheduled") == GPU_NODE
-    apply_objects(cluster, [_trainjob_pod(second)])
+    api = client.CustomObjectsApi(api_client(cluster))
+    launch_trainjob(api, _trainjob("tj-first", 1), poll_interval_seconds=0.2, timeout_seconds=60)
+    assert _trainjob_nodes(cluster, "tj-first") == {GPU_NODE}
+    # a train task holds the GPU worker's one GPU: the next TrainJob's pod cannot be placed anywhere
+    apply_objects(cluster, [_pod("gpu-holder", train_pod_spec, {"app": "train"})])
+    assert eventually(lambda: _node_of(cluster, "gpu-holder"), "GPU holder scheduled") == GPU_NODE
     core = client.CoreV1Api(api_client(cluster))
-    selector = f"{JOBSET_NAME_LABEL}=tj-second"
-    eventually(lambda: unschedulable(core, NS, selector), "second TrainJob pod Pending")
-
-    class NeverCompletes:  # the TrainJob object itself: no Trainer controller completes it in this test
-        def create_namespaced_custom_object(self, *args: Any) -> None:
-            pass
-
-        def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
-            return {"status": {"conditions": []}}
-
-        def delete_namespaced_custom_object(self, *args: Any) -> None:
-            pass
-
     logged: list[str] = []
-    now = [0.0]
-    with pytest.raises(TrainJobError, match="never scheduled: tj-second-node-0-0: Unschedulable: 0/3 nodes") as err:
+    with pytest.raises(
+        TrainJobError, match=r"never scheduled: tj-second-node-0-0-\w+: Unschedulable: 0/3 nodes"
+    ) as err:
         launch_trainjob(
-            NeverCompletes(),
-            second,
-            poll_interval_seconds=30,
-            timeout_seconds=60,
-            sleep=lambda s: now.__setitem__(0, now[0] + s),
-            clock=lambda: now[0],
-            why_pending=lambda: unschedulable(core, NS, selector),
+            api,
+            _trainjob("tj-second", 1),
+            poll_interval_seconds=0.2,
+            timeout_seconds=5,
+            why_pending=lambda: unschedulable(core, NS, f"{JOBSET_NAME_LABEL}=tj-second"),
             log=logged.append,
         )
     assert "Insufficient nvidia.com/gpu" in str(err.value)
@@ -174,5 +158,6 @@ def test_trainjob_pods_land_only_on_the_gpu_worker_and_the_launcher_says_why_the
 
 
 def test_a_cpu_only_trainjob_pod_stays_off_the_gpu_worker(cluster: ControlPlane, namespace: str) -> None:
-    apply_objects(cluster, [_trainjob_pod(_trainjob("tj-cpu", 0))])
-    assert eventually(lambda: _node_of(cluster, "tj-cpu-node-0-0"), "CPU TrainJob pod scheduled") == "mlplatform-worker"
+    api = client.CustomObjectsApi(api_client(cluster))
+    launch_trainjob(api, _trainjob("tj-cpu", 0), poll_interval_seconds=0.2, timeout_seconds=60)
+    assert _trainjob_nodes(cluster, "tj-cpu") == {"mlplatform-worker"}

@@ -32,7 +32,7 @@ from mlplatform.deploy.inferenceservice import (
 )
 from scripts.kube.sandbox import ControlPlane
 from tests.k8s import kube
-from tests.k8s.cluster import api_client, eventually, get_json, install_crds, kubectl
+from tests.k8s.cluster import api_client, eventually, get_json, install_crds, kubectl, token_client
 
 pytestmark = [pytest.mark.k8s, pytest.mark.cluster]
 
@@ -76,6 +76,14 @@ NEEDS: dict[str, tuple[Access, ...]] = {
         # of the chart's InferenceService, by deploy.cluster.deploy and every ClusterBackend traffic change
         # (start_canary, set_canary_percent, promote, rollback); never a create: the chart creates it
         ISVC_PATCH,
+        # components/train_distributed/step.py (distributedTraining.enabled, on in the production profile): the
+        # distributed train task runs as the pipeline runner in the pipelines' namespace, creates its TrainJob,
+        # polls it, deletes it past its timeout, and lists its pods to say why they are Pending
+        # (mlplatform/deploy/scheduling.py)
+        Access("create", "trainer.kubeflow.org", "trainjobs"),
+        Access("get", "trainer.kubeflow.org", "trainjobs"),
+        Access("delete", "trainer.kubeflow.org", "trainjobs"),
+        Access("list", "", "pods"),
     ),
     # serving/ (transformer and predictor, the InferenceService's pods): Feast, the model and the prediction log,
     # no Kubernetes API (the chart does not even mount its token)
@@ -87,18 +95,6 @@ NEEDS: dict[str, tuple[Access, ...]] = {
     # not to Kubernetes), the Feast feature server and the helm test pod; none of them mounts a token
     "default": (),
 }
-
-#: Needs of code the chart does not serve yet (docs/architecture.md "What is not built yet", ADR 0003): the
-#: distributed training task (components/train_distributed/step.py) runs as the pipeline runner in the pipeline
-#: namespace and creates its TrainJob, polls it, deletes it on timeout, and lists the JobSet's pods to say why
-#: they are Pending (mlplatform/deploy/scheduling.py).
-TRAINJOB_NEEDS = (
-    Access("create", "trainer.kubeflow.org", "trainjobs"),
-    Access("get", "trainer.kubeflow.org", "trainjobs"),
-    Access("delete", "trainer.kubeflow.org", "trainjobs"),
-    Access("list", "", "pods"),
-)
-
 
 #: Permissions no code of the platform needs, the dangerous ones first: denied to every account above.
 DANGEROUS = (
@@ -166,17 +162,6 @@ def installed(cluster: ControlPlane) -> Iterator[ControlPlane]:
         kubectl(cluster, "delete", "namespace", NS, NS_MINIMAL, "--wait=false", check=False)
 
 
-def token_client(plane: ControlPlane, account: str, namespace: str = NS) -> client.ApiClient:
-    """A client that authenticates as a ServiceAccount with a token of its own (TokenRequest), as its pod would."""
-    token = kubectl(plane, "create", "token", account, "-n", namespace).strip()
-    configuration = client.Configuration()
-    configuration.host = plane.server
-    configuration.ssl_ca_cert = str(plane.pki / "ca.crt")
-    configuration.api_key = {"authorization": token}
-    configuration.api_key_prefix = {"authorization": "Bearer"}
-    return client.ApiClient(configuration)
-
-
 @pytest.fixture(scope="module")
 def authorizer(installed: ControlPlane) -> client.AuthorizationV1Api:
     """The admin's AuthorizationV1Api: SubjectAccessReviews for any account."""
@@ -191,7 +176,7 @@ Rule = tuple[str, str, str, str]  # verb, group, resource, name ("" = any)
 def rules_of(plane: ControlPlane, account: str, namespace: str = NS) -> tuple[set[Rule], set[tuple[str, str]]]:
     """The account's resource rules (one per verb x group x resource x name) and non-resource rules in
     `namespace`, from its own SelfSubjectRulesReview (cluster-wide grants included)."""
-    api = client.AuthorizationV1Api(token_client(plane, account))
+    api = client.AuthorizationV1Api(token_client(plane, account, NS))
     review = api.create_self_subject_rules_review(
         client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace))
     )
@@ -265,15 +250,6 @@ def test_each_need_is_allowed_and_each_dangerous_permission_denied(
     assert not wrong, f"{account}: the authorizer allows (True) or denies (False), unlike the needs table: {wrong}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the chart grants no trainjobs.trainer.kubeflow.org RBAC yet (docs/architecture.md, What is not built yet)",
-)
-def test_the_pipeline_runner_may_launch_and_watch_trainjobs(authorizer: client.AuthorizationV1Api) -> None:
-    denied = [n for n in TRAINJOB_NEEDS if not allowed(authorizer, f"{RELEASE}-pipeline-runner", n)]
-    assert not denied
-
-
 # --- the deploy code with real tokens -------------------------------------------------------------------------
 
 
@@ -292,7 +268,7 @@ def _version_change(version: str, percent: int | None, namespace: str = NS) -> d
 
 
 def test_the_pipeline_runner_applies_a_version_to_the_charts_inference_service(installed: ControlPlane) -> None:
-    runner = token_client(installed, f"{RELEASE}-pipeline-runner")
+    runner = token_client(installed, f"{RELEASE}-pipeline-runner", NS)
     before = get(ISVC, NS, runner)
     live = apply(_version_change("4", 10), runner)
     predictor = live["spec"]["predictor"]
@@ -312,7 +288,7 @@ def test_another_accounts_token_is_refused_with_an_error_naming_the_role_to_chan
     installed: ControlPlane, account: str
 ) -> None:
     """The serving account, and the monitor's (default): a DeployError saying who may not do what, and the fix."""
-    other = token_client(installed, account)
+    other = token_client(installed, account, NS)
     identity = f"system:serviceaccount:{NS}:{account}"
     with pytest.raises(DeployError) as refused:
         apply(_version_change("5", 10), other)
@@ -331,7 +307,7 @@ def test_another_accounts_token_is_refused_with_an_error_naming_the_role_to_chan
     assert not isinstance(unreadable.value, NotInstalled)  # forbidden is not "missing"
     # and the live object is as the pipeline runner left it
     assert (
-        get(ISVC, NS, token_client(installed, f"{RELEASE}-pipeline-runner"))["metadata"]["annotations"][
+        get(ISVC, NS, token_client(installed, f"{RELEASE}-pipeline-runner", NS))["metadata"]["annotations"][
             ANNOTATION_MODEL_VERSION
         ]
         != "5"

@@ -1,7 +1,7 @@
 """The rollout controller's decisions on scripted evidence, with a recording backend and a fake clock.
 
-The backend here only records what the controller asks for; the real backends are tested against a
-KServe-like API stand-in (tests/k8s/test_rollout_cluster.py) and real local processes
+The backend here only records what the controller asks for; the real backends are tested against a real
+API server with KServe's and Knative's controllers (tests/k8s/test_rollout_cluster.py) and real local processes
 (tests/e2e/test_rollout_local.py).
 """
 
