@@ -19,6 +19,7 @@ BUILDS = [
     "manifests/overlays/production",
     "manifests/dev-services",
     "manifests/components/monitoring",
+    "manifests/components/distributed-training",
 ]
 
 
@@ -26,12 +27,13 @@ def build(path: str) -> str:
     return kube.run(kube.tool("kustomize"), "build", str(kube.ROOT / path)).stdout
 
 
-def test_base_and_monitoring_component_are_the_current_rendering_of_the_chart(tmp_path) -> None:
-    """manifests/base/mlplatform.yaml and manifests/components/monitoring/monitoring.yaml are generated
-    (scripts/render_base.sh), never edited by hand."""
+def test_base_and_components_are_the_current_rendering_of_the_chart(tmp_path) -> None:
+    """manifests/base/mlplatform.yaml and the components' YAML are generated (scripts/render_base.sh), never
+    edited by hand."""
     outputs = {
         "OUT": "manifests/base/mlplatform.yaml",
         "OUT_MONITORING": "manifests/components/monitoring/monitoring.yaml",
+        "OUT_TRAINING": "manifests/components/distributed-training/distributed-training.yaml",
     }
     env = {"HELM": kube.tool("helm"), "PATH": "/usr/bin:/bin"} | {k: str(tmp_path / k) for k in outputs}
     subprocess.run(["bash", "scripts/render_base.sh"], cwd=kube.ROOT, check=True, env=env)
@@ -69,6 +71,30 @@ def test_overlays_install_the_same_monitoring_objects_as_the_helm_profile(env: s
     helm = {(d["kind"], d["metadata"]["name"]): d for d in objects(kube.helm_template(env, kube.WITH_MODEL, no_hooks))}
     for key in sorted(component):
         assert _comparable(overlay[key]) == _comparable(helm[key]), key
+
+
+def test_production_overlay_installs_the_distributed_training_objects_of_the_helm_profile() -> None:
+    """kubectl users of the production overlay get the runner's TrainJob Role, its binding and the shared claim
+    exactly as `helm install -f profiles/production-values.yaml` creates them; the kind overlay, like the kind
+    profile, has none."""
+    component = {
+        (d["kind"], d["metadata"]["name"]) for d in objects(build("manifests/components/distributed-training"))
+    }
+    assert component == {
+        ("Role", "mlplatform-distributed-training"),
+        ("RoleBinding", "mlplatform-distributed-training"),
+        ("PersistentVolumeClaim", "mlplatform-training-shared"),
+    }
+    overlay = {(d["kind"], d["metadata"]["name"]): d for d in objects(build("manifests/overlays/production"))}
+    no_hooks = {"tests": {"enabled": False}}
+    helm = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in objects(kube.helm_template("production", kube.WITH_MODEL, no_hooks))
+    }
+    for key in sorted(component):
+        assert _comparable(overlay[key]) == _comparable(helm[key]), key
+    kind = {(d["kind"], d["metadata"]["name"]) for d in objects(build("manifests/overlays/kind"))}
+    assert not component & kind
 
 
 @pytest.mark.parametrize("path", BUILDS)
