@@ -9,12 +9,11 @@ rolled back. Wall-clock seconds from the onset to each link, and the stages betw
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from machine import describe, report  # benchmarks/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from loop_harness import LoopConfig, run_feedback_loop  # noqa: E402 - the test's harness, not a package
@@ -56,11 +55,7 @@ def main() -> None:
         "bootstrap_seconds": result.bootstrap_seconds,
         "total_seconds": result.total_seconds,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    report(out, args.output)
 
 
 if __name__ == "__main__":

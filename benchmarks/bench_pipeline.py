@@ -8,12 +8,11 @@ on a fresh work dir with the embedded defaults (Feast local stores, MLflow on SQ
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from machine import describe, report  # benchmarks/machine.py, beside this script
 
 from components.evaluate.step import run_evaluate
 from components.features.step import run_features
@@ -83,11 +82,7 @@ def main() -> None:
     result = {"benchmark": "pipeline", "machine": describe(), "runs": runs}
     if len(runs) > 1:
         result["ratio_largest_to_smallest_total"] = round(runs[-1]["total_seconds"] / runs[0]["total_seconds"], 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    report(result, args.output)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -36,3 +37,12 @@ def describe(device: torch.device | None = None) -> dict:
         described |= {"device": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1)}
         described["cuda_version"] = torch.version.cuda
     return described
+
+
+def report(results: dict, output: Path | None) -> None:
+    """Print a benchmark's JSON results and write them to `output` (its folder created), when given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")

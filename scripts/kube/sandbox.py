@@ -412,6 +412,10 @@ class ControlPlane:
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+                # kwok renews the nodes' Leases, but re-posts a node's status only through its Stages: a node marked
+                # Unknown after a fault test stopped etcd or the API server for longer than the default 50 s would
+                # stay NotReady for the rest of the session. Node failure detection is not what the sandbox tests.
+                "--node-monitor-grace-period=10m",
                 "--v=1",
             ],
             "kube-scheduler": [
@@ -572,6 +576,8 @@ class ControlPlane:
                 status, body = self.request("POST", "/api/v1/nodes", node)
                 if status not in (200, 201, 409):
                     raise SandboxError(f"creating node {node['metadata']['name']}: HTTP {status} {body[:300]!r}")
+            # the controllers are installed and started while kwok brings the nodes up: none of them needs a node
+            self.install_controllers(timeout, serving=serving, training=training)
             self.wait_for("every node Ready (kwok)", self.nodes_ready, timeout, "kwok")
             self.wait_for(
                 "the default ServiceAccount (controller-manager)",
@@ -581,10 +587,10 @@ class ControlPlane:
             )
             self.timings["nodes_ready_s"] = time.monotonic() - began
             if serving:
-                self.start_serving(timeout)
+                self.wait_serving(timeout)
                 self.timings["serving_ready_s"] = time.monotonic() - began
             if training:
-                self.start_training(timeout)
+                self.wait_training(timeout)
                 self.timings["training_ready_s"] = time.monotonic() - began
         except BaseException:
             self.stop()
@@ -624,24 +630,40 @@ class ControlPlane:
         }
         return names <= ready
 
-    def start_serving(self, timeout: float) -> None:
-        """KServe and Knative Serving with their CRDs, configuration and webhooks (see the module's docstring)."""
-        kserve, knative = TOOLS / "kserve", TOOLS / "knative"
-        self.apply(knative / "crds.yaml", kserve / "crds.yaml")
-        namespaces = [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
-            for n in (KNATIVE_NAMESPACE, KSERVE_NAMESPACE)
-        ]
-        self.apply(stdin=yaml.safe_dump_all(namespaces))
-        text = (knative / "crds.yaml").read_text() + (kserve / "crds.yaml").read_text()
-        names = set(re.findall(r"(?m)^  name: (\S+)$", text))  # each CRD's metadata.name
-        self.wait_for(
-            "KServe's and Knative's CRDs Established", lambda: self.established(names), timeout, "kube-apiserver"
+    def install_controllers(self, timeout: float, serving: bool = True, training: bool = True) -> None:
+        """Install the CRDs, configuration and webhooks of the serving controllers (KServe, Knative Serving) and of
+        the training ones (Kubeflow Trainer, JobSet), and start their processes (see the module's docstring).
+        `wait_serving` and `wait_training` wait until they answer."""
+        kserve, knative, trainer = TOOLS / "kserve", TOOLS / "knative", TOOLS / "trainer"
+        crds = [knative / "crds.yaml", kserve / "crds.yaml"] * serving + [trainer / "crds.yaml"] * training
+        if not crds:
+            return
+        self.apply(*crds)
+        names = [KNATIVE_NAMESPACE, KSERVE_NAMESPACE] * serving + [TRAINER_NAMESPACE, JOBSET_NAMESPACE] * training
+        self.apply(
+            stdin=yaml.safe_dump_all(
+                [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in names]
+            )
         )
-        self.apply(stdin=yaml.safe_dump_all(self._serving_configuration()))
-        self._webhook_certificate(self.workdir / "kserve" / "k8s-webhook-server" / "serving-certs")
-        for name in ("knative-controller", "knative-autoscaler", "kserve-manager", "ingress"):
-            self.launch(name)
+        crd_names = set(re.findall(r"(?m)^  name: (\S+)$", "".join(f.read_text() for f in crds)))  # metadata.name
+        self.wait_for(
+            "the controllers' CRDs Established", lambda: self.established(crd_names), timeout, "kube-apiserver"
+        )
+        if serving:
+            self.apply(stdin=yaml.safe_dump_all(self._serving_configuration()))
+            self._webhook_certificate(self.workdir / "kserve" / "k8s-webhook-server" / "serving-certs")
+            for name in ("knative-controller", "knative-autoscaler", "kserve-manager", "ingress"):
+                self.launch(name)
+        if training:
+            self.apply(stdin=yaml.safe_dump_all(self._training_webhooks()))
+            for component in ("jobset", "trainer"):
+                folder = self.workdir / component
+                self._webhook_certificate(folder / "k8s-webhook-server" / "serving-certs", f"{component}-webhook")
+                (folder / "config.yaml").write_text(yaml.safe_dump(self._training_configuration(component)))
+                self.launch(f"{component}-manager")
+
+    def wait_serving(self, timeout: float) -> None:
+        """Until KServe's webhook server answers (Knative's controllers need no check: they only reconcile)."""
         self.wait_for(
             "KServe's webhook server",
             lambda: _accepts(HOST, self.ports["kserve-webhook"]) and _accepts(HOST, self.ports["kserve-probe"]),
@@ -700,29 +722,13 @@ class ControlPlane:
         (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (folder / "tls.key").write_bytes(_pem_key(key))
 
-    def start_training(self, timeout: float) -> None:
-        """Kubeflow Trainer's and JobSet's controller managers with their CRDs, webhooks and the torch runtime.
+    def wait_training(self, timeout: float) -> None:
+        """Until JobSet's and Trainer's webhook servers answer, then install the torch-distributed runtime.
 
         A TrainJob becomes a JobSet (Trainer), the JobSet Jobs (JobSet), the Jobs pods (kube-controller-manager)
         that the scheduler places and kwok runs to completion; each controller's status logic is its own.
         """
         trainer = TOOLS / "trainer"
-        self.apply(trainer / "crds.yaml")
-        namespaces = [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
-            for n in (TRAINER_NAMESPACE, JOBSET_NAMESPACE)
-        ]
-        self.apply(stdin=yaml.safe_dump_all(namespaces))
-        names = set(re.findall(r"(?m)^  name: (\S+)$", (trainer / "crds.yaml").read_text()))
-        self.wait_for(
-            "Trainer's and JobSet's CRDs Established", lambda: self.established(names), timeout, "kube-apiserver"
-        )
-        self.apply(stdin=yaml.safe_dump_all(self._training_webhooks()))
-        for component in ("jobset", "trainer"):
-            folder = self.workdir / component
-            self._webhook_certificate(folder / "k8s-webhook-server" / "serving-certs", f"{component}-webhook")
-            (folder / "config.yaml").write_text(yaml.safe_dump(self._training_configuration(component)))
-            self.launch(f"{component}-manager")
         self.wait_for(
             "JobSet's and Trainer's webhook servers",
             lambda: _accepts(HOST, self.ports["jobset-webhook"]) and _accepts(HOST, self.ports["trainer-webhook"]),
@@ -880,7 +886,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     timings = plane.timings
     print(
-        f"control plane ready in {timings['api_ready_s']:.1f} s, nodes Ready in {timings['nodes_ready_s']:.1f} s\n"
+        f"control plane ready in {timings['api_ready_s']:.1f} s, nodes Ready in {timings['nodes_ready_s']:.1f} s, "
+        f"KServe and Knative in {timings['serving_ready_s']:.1f} s, Kubeflow Trainer and JobSet in "
+        f"{timings['training_ready_s']:.1f} s\n"
         f"export KUBECONFIG={plane.kubeconfig}\n"
         f"kubectl: {TOOLS / 'bin' / 'kubectl'}   logs: {workdir / 'logs'}   stop: make kube-down"
     )

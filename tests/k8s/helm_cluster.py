@@ -26,7 +26,7 @@ from kubernetes import client
 
 from scripts.kube.sandbox import ControlPlane
 from tests.k8s import kube
-from tests.k8s.cluster import api_client, apply_objects, kubectl
+from tests.k8s.cluster import api_client, apply_objects, ensure_namespace, kubectl
 from tests.k8s.crd import UPSTREAM
 
 RELEASE = "mlplatform"
@@ -228,6 +228,19 @@ def create_storage_secrets(plane: ControlPlane, rendered: list[dict[str, Any]], 
     if secrets:
         apply_objects(plane, secrets)
     return names
+
+
+def apply_inference_service(plane: ControlPlane, namespace: str) -> None:
+    """The chart's InferenceService, ServingRuntime and ServiceAccount (default profile, model version 3) applied
+    in a fresh namespace without the rest of the release: what a test or benchmark of a version change starts from."""
+    ensure_namespace(plane, namespace)
+    docs = kube.objects(kube.helm_template("default", kube.WITH_MODEL))
+    objects = [
+        {**d, "metadata": {**d["metadata"], "namespace": namespace}}
+        for d in docs
+        if d["kind"] in ("InferenceService", "ServingRuntime", "ServiceAccount")
+    ]
+    apply_objects(plane, objects)
 
 
 def create_volumes(plane: ControlPlane, rendered: list[dict[str, Any]], namespace: str) -> list[str]:

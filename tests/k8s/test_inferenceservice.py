@@ -30,9 +30,9 @@ from mlplatform.deploy.inferenceservice import (
 from mlplatform.errors import ConfigError
 from mlplatform.settings import PlatformSettings
 from scripts.kube.sandbox import ControlPlane
-from tests.k8s import kube
-from tests.k8s.cluster import api_client, apply_objects, ensure_namespace, kubectl
+from tests.k8s.cluster import api_client, kubectl
 from tests.k8s.crd import validate_custom_resource
+from tests.k8s.helm_cluster import apply_inference_service
 
 pytestmark = pytest.mark.k8s
 
@@ -88,14 +88,7 @@ def test_storage_uri_maps_proxied_artifacts_and_refuses_local_paths() -> None:
 def installed(cluster: ControlPlane) -> Iterator[tuple[client.ApiClient, str]]:
     """The chart's InferenceService and ServingRuntime (version 3) in a fresh namespace, Ready by KServe itself."""
     namespace = f"isvc-{uuid.uuid4().hex[:6]}"
-    ensure_namespace(cluster, namespace)
-    docs = kube.objects(kube.helm_template("default", kube.WITH_MODEL))
-    objects = [
-        {**d, "metadata": {**d["metadata"], "namespace": namespace}}
-        for d in docs
-        if d["kind"] in ("InferenceService", "ServingRuntime", "ServiceAccount")
-    ]
-    apply_objects(cluster, objects)
+    apply_inference_service(cluster, namespace)
     api = api_client(cluster)
     wait_for("fraud-detector", namespace, api, is_ready, "ready", timeout_seconds=60, poll_seconds=0.2)
     yield api, namespace
