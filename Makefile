@@ -59,7 +59,7 @@ tools: ## build helm, kubeconform, kustomize (Go, pinned) and checkov into .tool
 	bash scripts/tools.sh
 
 .PHONY: kube-tools
-kube-tools: ## build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (pinned) into .tools/kube/
+kube-tools: ## build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, KServe, Knative, Trainer, JobSet (pinned) into .tools/kube/
 	bash scripts/kube/build.sh
 
 .PHONY: kube-up
@@ -120,6 +120,13 @@ reliability: venv services ## bad input (>= 10,000 cases), load + shedding, faul
 .PHONY: bench-feedback-loop
 bench-feedback-loop: venv ## drift onset -> alert -> retraining run -> challenger -> canary outcome: seconds per link (JSON)
 	PYTHONPATH=. $(PY) benchmarks/bench_feedback_loop.py --output benchmarks/results/feedback_loop.json
+
+# Not part of `make bench`: its cold build alone takes about 20 minutes on 2 cores (a fresh tools folder and an
+# empty Go build cache). BENCH_CLUSTER_ARGS=--skip-cold-build measures everything else in a few minutes.
+BENCH_CLUSTER_ARGS ?=
+.PHONY: bench-cluster
+bench-cluster: venv tools kube-tools ## control plane: cold/warm build, start, helm install per profile, rollout steps (JSON)
+	PYTHONPATH=. $(PY) benchmarks/bench_cluster.py --output benchmarks/results/cluster.json $(BENCH_CLUSTER_ARGS)
 
 .PHONY: bench
 bench: bench-pipeline bench-train bench-serving ## all benchmarks
