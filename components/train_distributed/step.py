@@ -27,6 +27,7 @@ from components.train.step import (
     start_or_resume_run,
 )
 from mlplatform import registry
+from mlplatform.deploy.inferenceservice import is_transient
 from mlplatform.deploy.scheduling import unschedulable
 from mlplatform.errors import MlPlatformError
 from mlplatform.features.compute import MODEL_FEATURES, model_input
@@ -203,8 +204,6 @@ def launch_trainjob(
             deleted, freeing its GPUs), was deleted by someone else, a TrainJob of the same name has another
             spec, or the API server did not answer until the deadline.
     """
-    from mlplatform.deploy.inferenceservice import is_transient
-
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     where = f"TrainJob {ns}/{name}"
