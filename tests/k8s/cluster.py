@@ -13,10 +13,29 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
+from mlplatform.registry import RegisteredVersion
+from mlplatform.rollout.settings import CanarySettings
 from scripts.kube.sandbox import TOOLS, ControlPlane
 from tests.k8s.crd import UPSTREAM
 
 KUBECTL = TOOLS / "bin" / "kubectl"
+#: The InferenceService the chart installs, and the registered model it serves.
+NAME = "fraud-detector"
+#: Canary settings of the rollouts run against the sandbox: seconds per step, not a cluster's minutes.
+CANARY = CanarySettings(
+    prometheus_url="http://prometheus.monitoring:9090",
+    step_window_seconds=2,
+    analysis_interval_seconds=1,
+    min_requests=10,
+    ready_timeout_seconds=60,
+)
+
+
+def registered(version: str) -> RegisteredVersion:
+    """A registered version of the model whose artifacts the MLflow server proxies (mlflow-artifacts:/)."""
+    return RegisteredVersion(
+        NAME, version, f"mlflow-artifacts:/1/run{version}/artifacts/model", f"run{version}", [], {}
+    )
 
 
 def api_client(plane: ControlPlane, kubeconfig: Path | None = None) -> client.ApiClient:

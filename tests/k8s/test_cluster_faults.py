@@ -25,30 +25,15 @@ from mlplatform.deploy.inferenceservice import (
     render,
     wait_for,
 )
-from mlplatform.registry import RegisteredVersion
 from mlplatform.rollout.analysis import StepEvidence
 from mlplatform.rollout.backends import ClusterBackend
 from mlplatform.rollout.controller import Controller
-from mlplatform.rollout.settings import CanarySettings
 from mlplatform.settings import PlatformSettings
 from scripts.kube.sandbox import ControlPlane
 from tests.k8s import kube
-from tests.k8s.cluster import api_client, apply_objects, ensure_namespace, eventually, kubectl
+from tests.k8s.cluster import CANARY, NAME, api_client, apply_objects, ensure_namespace, eventually, kubectl, registered
 
 pytestmark = [pytest.mark.k8s, pytest.mark.cluster]
-
-NAME = "fraud-detector"
-CANARY = CanarySettings(
-    prometheus_url="http://prometheus.monitoring:9090",
-    step_window_seconds=2,
-    analysis_interval_seconds=1,
-    min_requests=10,
-    ready_timeout_seconds=60,
-)
-
-
-def _version(v: str) -> RegisteredVersion:
-    return RegisteredVersion(NAME, v, f"mlflow-artifacts:/1/run{v}/artifacts/model", f"run{v}", [], {})
 
 
 @pytest.fixture
@@ -96,7 +81,7 @@ def _rollout(cluster: ControlPlane, ns: str, on_collect: Callable[[int], None], 
         mlflow_artifacts_destination="s3://mlflow",
     )
     backend = ClusterBackend(
-        settings, CANARY, _version("1"), _version("2"), api_client=api_client(cluster), poll_seconds=0.1
+        settings, CANARY, registered("1"), registered("2"), api_client=api_client(cluster), poll_seconds=0.1
     )
     backend._evidence = Evidence(on_collect)
     clock = [0.0]

@@ -40,7 +40,6 @@ from mlplatform.deploy.inferenceservice import (
     is_ready,
     predictor_traffic,
 )
-from mlplatform.registry import RegisteredVersion
 from mlplatform.rollout.analysis import StepEvidence
 from mlplatform.rollout.backends import ClusterBackend
 from mlplatform.rollout.controller import Controller, RolloutError
@@ -49,25 +48,13 @@ from mlplatform.settings import PlatformSettings
 from scripts.kube.sandbox import ControlPlane
 from tests.k8s import helm_cluster as hc
 from tests.k8s import kube
-from tests.k8s.cluster import api_client, eventually, kubectl
+from tests.k8s.cluster import CANARY, NAME, api_client, eventually, kubectl, registered
 
 pytestmark = [pytest.mark.k8s, pytest.mark.cluster]
 
-NAME = "fraud-detector"
 RUNNER = f"{hc.RELEASE}-pipeline-runner"
 #: Seconds between two status reads of the code under test (its default, 5 s, is a cluster's pace).
 POLL_SECONDS = 0.1
-CANARY = CanarySettings(
-    prometheus_url="http://prometheus.monitoring:9090",
-    step_window_seconds=2,
-    analysis_interval_seconds=1,
-    min_requests=10,
-    ready_timeout_seconds=60,
-)
-
-
-def _version(v: str) -> RegisteredVersion:
-    return RegisteredVersion(NAME, v, f"mlflow-artifacts:/1/run{v}/artifacts/model", f"run{v}", [], {})
 
 
 def _uri(version: str) -> str:
@@ -242,8 +229,8 @@ def _backend(release: Release, stable: str = "1", canary: str = "2", errors: flo
     backend = ClusterBackend(
         release.settings,
         CANARY,
-        _version(stable),
-        _version(canary),
+        registered(stable),
+        registered(canary),
         api_client=release.runner,
         poll_seconds=POLL_SECONDS,
     )
@@ -428,7 +415,7 @@ def test_without_the_charts_inference_service_rollout_and_deploy_name_the_helm_c
     with pytest.raises(NotInstalled, match=f"fraudDetector.model.storageUri={_uri('1')}") as err:
         backend.start_canary(10)
     assert helm in str(err.value) and "fraudDetector.model.version=1" in str(err.value)
-    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: _version("1"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: registered("1"))
     monkeypatch.setattr("mlplatform.deploy.cluster.prepare_local", lambda settings, version: Path("/nonexistent"))
     with pytest.raises(NotInstalled, match="fraudDetector.model.version=1"):
         deploy(release.settings, "champion", api_client=release.runner)
@@ -444,9 +431,9 @@ def test_the_pipelines_first_deploy_without_the_service_names_a_helm_command_tha
 
     release = bare_release
     applied = _record(monkeypatch, release)
-    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: _version("1"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: registered("1"))
     monkeypatch.setattr("mlplatform.deploy.cluster.prepare_local", lambda settings, version: Path("/nonexistent"))
-    monkeypatch.setattr("components.deploy.step.resolve", lambda settings, alias: _version("1"))
+    monkeypatch.setattr("components.deploy.step.resolve", lambda settings, alias: registered("1"))
     monkeypatch.setattr("mlplatform.deploy.cluster.kubernetes_client", lambda: release.runner)
     lines: list[str] = []
     outcome = run_deploy_canary(True, "1", release.settings, CANARY, log=lines.append)
@@ -476,7 +463,7 @@ def test_deploy_changes_only_the_version_of_the_installed_service(
     release: Release, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     applied = _record(monkeypatch, release)
-    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: _version("2"))
+    monkeypatch.setattr("mlplatform.deploy.cluster.resolve", lambda settings, alias: registered("2"))
     monkeypatch.setattr("mlplatform.deploy.cluster.prepare_local", lambda settings, version: Path("/nonexistent"))
     result = deploy(release.settings, "champion", api_client=release.runner)
     assert result.storage_uri == _uri("2")
@@ -492,4 +479,4 @@ def test_deploy_changes_only_the_version_of_the_installed_service(
 
 def test_cluster_rollout_needs_a_prometheus_url() -> None:
     with pytest.raises(RolloutError, match="MLPLATFORM_CANARY_PROMETHEUS_URL"):
-        ClusterBackend(_settings("mlplatform"), CanarySettings(), _version("1"), _version("2"), api_client=object())
+        ClusterBackend(_settings("mlplatform"), CanarySettings(), registered("1"), registered("2"), api_client=object())

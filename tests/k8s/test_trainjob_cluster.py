@@ -143,7 +143,7 @@ def test_a_trainjob_of_the_same_name_with_another_spec_is_refused(namespace: str
 def no_retry_runtime(cluster: ControlPlane) -> str:
     """The sandbox's torch-distributed ClusterTrainingRuntime with `backoffLimit: 0` on its Job (through Trainer's
     validating webhook)."""
-    runtime = next(d for d in _yaml_documents(TOOLS / "trainer" / "runtimes.yaml"))
+    runtime = _yaml_documents(TOOLS / "trainer" / "runtimes.yaml")[0]
     runtime["metadata"] = {"name": NO_RETRY_RUNTIME, "labels": runtime["metadata"].get("labels", {})}
     runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["backoffLimit"] = 0
     apply_objects(cluster, [runtime])
