@@ -503,8 +503,11 @@ class ControlPlane:
         self._save_state()
 
     def _save_state(self) -> None:
+        """Write state.json atomically: the ingress loop (another process) reads it while components are launched."""
         state = {"ports": self.ports, "pids": {n: p.pid for n, p in self.procs.items()}}
-        (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
+        partial = self.workdir / "state.json.partial"
+        partial.write_text(json.dumps(state, indent=2))
+        os.replace(partial, self.workdir / "state.json")
 
     def _ssl(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
