@@ -2,12 +2,14 @@
 
 The chart (helm/mlplatform, templates/fraud-detector.yaml) creates the InferenceService with everything a
 cluster decides: the transformer (image, Feast stores and their credentials, token, resources, the
-prediction-log claim), service accounts, replicas, security contexts, volumes. The platform changes only
+prediction-log claim; a second container of the predictor pods, or a component of its own, by the chart's
+`fraudDetector.layout`), service accounts, replicas, security contexts, volumes. The platform changes only
 what a new version changes: the predictor's `storageUri`, its version and role, `canaryTrafficPercent`
-and the version annotations. `render` is that apply configuration; server-side apply (field manager
-`mlplatform`) merges it into the chart's object and leaves every other field as the chart set it (the
-transformer's container list is atomic in the KServe CRD: a full object would replace it). A field
-`mlplatform` applied before and leaves out now is removed, which is how promotion drops
+and the version and role annotations (a collocated transformer reads its version and role from these: the
+chart gives it KServe placeholders that the controller fills in for each revision). `render` is that apply
+configuration; server-side apply (field manager `mlplatform`) merges it into the chart's object and leaves every
+other field as the chart set it (the container lists are atomic in the KServe CRD: a full object would replace
+them). A field `mlplatform` applied before and leaves out now is removed, which is how promotion drops
 `canaryTrafficPercent`.
 
 The predictor runs on the `mlplatform-fraud` ServingRuntime (also the chart's), which starts `python -m
@@ -30,8 +32,7 @@ MODEL_FORMAT = "mlplatform-fraud-mlp"
 FIELD_MANAGER = "mlplatform"
 ANNOTATION_MODEL_NAME = "mlplatform.io/model-name"
 ANNOTATION_MODEL_VERSION = "mlplatform.io/model-version"
-#: model_version label of the transformer on a cluster, where it is shared by the stable and canary predictors.
-SHARED_VERSION_LABEL = "shared"
+ANNOTATION_ROLE = "mlplatform.io/role"
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,11 @@ def render(spec: ServiceSpec) -> dict[str, Any]:
         "metadata": {
             "name": spec.name,
             "namespace": spec.namespace,
-            "annotations": {ANNOTATION_MODEL_NAME: spec.model_name, ANNOTATION_MODEL_VERSION: spec.model_version},
+            "annotations": {
+                ANNOTATION_MODEL_NAME: spec.model_name,
+                ANNOTATION_MODEL_VERSION: spec.model_version,
+                ANNOTATION_ROLE: spec.role,
+            },
         },
         "spec": {"predictor": predictor},
     }

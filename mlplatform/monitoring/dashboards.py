@@ -34,8 +34,8 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 #: Label matchers every serving panel applies (dashboard variables).
 MODEL = 'model_name=~"$model_name"'
 CLIENT = f'{MODEL},component="transformer"'
-#: The component whose series carry one model version each. On a cluster KServe splits traffic between the
-#: predictor revisions while one transformer (model_version="shared", role="stable") serves both, so every
+#: The component whose series carry one model version each in both layouts: with the transformer in pods of its
+#: own, one transformer revision (model_version="shared", role="stable") fronts every predictor revision, so every
 #: per-version panel reads the predictor's series; the transformer's are client-facing totals.
 VERSIONED = f'{MODEL},component="{ANALYSED_COMPONENT}"'
 RATE = "$__rate_interval"

@@ -63,9 +63,9 @@ METRIC = re.compile(r"\b(mlplatform_[a-z0-9_]+)\b")
 def serving_registry(component: str) -> CollectorRegistry:
     """Every serving metric family with at least one sample, as a transformer or a predictor exports them.
 
-    The transformer carries model_version "shared" as on a cluster (mlplatform/deploy/inferenceservice.py), the
-    predictor
-    the version it serves, so per-version panels only find data when they read the predictor's series.
+    The transformer carries model_version "shared" as in the chart's separate-pods layout (the harder case: a
+    collocated transformer carries its revision's version), the predictor the version it serves, so per-version
+    panels only find data when they read the predictor's series.
     """
     registry = CollectorRegistry()
     version = "3" if component == "predictor" else "shared"

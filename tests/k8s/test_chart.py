@@ -36,6 +36,18 @@ def test_every_rendered_object_is_valid_against_kubernetes_and_crd_schemas(
     assert summary["invalid"] == summary["errors"] == summary["skipped"] == 0
 
 
+SEPARATE = {"fraudDetector": {"layout": "separate"}}
+
+
+def test_the_separate_pods_layout_is_valid_against_the_kserve_crd_and_lints() -> None:
+    """The default layout (collocated) is in every case above; the separate one is checked alike."""
+    manifest = kube.helm_template("production", kube.WITH_MODEL, SEPARATE)
+    summary = kube.kubeconform(manifest)["summary"]
+    assert summary["valid"] == len(objects(manifest)) > 0
+    assert summary["invalid"] == summary["errors"] == summary["skipped"] == 0
+    assert "0 chart(s) failed" in kube.helm("lint", "production", kube.WITH_MODEL, SEPARATE).stdout
+
+
 def test_kubeconform_rejects_unknown_fields_in_core_and_custom_resources(render) -> None:
     """The negative control: strict schemas are in force for both kinds of schema."""
     for kind, field in (("Deployment", "spec:\n  replicas:"), ("InferenceService", "spec:\n  predictor:")):
@@ -80,7 +92,12 @@ def test_monitoring_switch_creates_pod_monitors_only_when_enabled(render) -> Non
     assert set(monitors) == {"mlplatform-fraud-detector", "mlplatform-feature-server"}
     isvc = monitors["mlplatform-fraud-detector"]
     assert isvc["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "fraud-detector"}
-    assert isvc["spec"]["podMetricsEndpoints"][0]["portNumber"] == 8080
+    # collocated (the default): the transformer's port and the predictor's beside it; no pod label copied onto
+    # the series (a collocated pod holds both components: each series names its own)
+    assert [e["portNumber"] for e in isvc["spec"]["podMetricsEndpoints"]] == [8080, 8085]
+    assert "podTargetLabels" not in isvc["spec"]
+    separate = find(objects(kube.helm_template("kind", kube.WITH_MODEL, SEPARATE)), "PodMonitor", "fraud-detector")
+    assert [e["portNumber"] for e in separate["spec"]["podMetricsEndpoints"]] == [8080]
     assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors.values())
 
 
@@ -153,11 +170,13 @@ def test_disruption_budgets_exist_only_where_there_is_more_than_one_replica(rend
 
 
 def test_prediction_log_is_an_empty_dir_by_default_and_a_claim_in_production(render) -> None:
-    def log_volume(docs: list[dict]) -> dict:
-        volumes = find(docs, "InferenceService")["spec"]["transformer"]["volumes"]
+    def log_volume(docs: list[dict], part: str = "predictor") -> dict:
+        volumes = find(docs, "InferenceService")["spec"][part]["volumes"]
         return next(v for v in volumes if v["name"] == "prediction-log")
 
     assert "emptyDir" in log_volume(objects(render("default", True)))
+    separate = objects(kube.helm_template("default", kube.WITH_MODEL, SEPARATE))
+    assert "emptyDir" in log_volume(separate, "transformer")
     production = objects(render("production", True))
     claim = find(production, "PersistentVolumeClaim", "prediction-log")
     assert log_volume(production)["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
@@ -187,8 +206,10 @@ def test_distributed_training_grants_the_runner_its_trainjobs_and_a_shared_claim
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
-def test_serving_runtime_and_inference_service_follow_the_serving_contract(render) -> None:
-    docs = objects(render("production", True))
+@pytest.mark.parametrize("layout", ["collocated", "separate"])
+def test_serving_runtime_and_inference_service_follow_the_serving_contract(layout: str) -> None:
+    docs = objects(kube.helm_template("production", kube.WITH_MODEL, {"fraudDetector": {"layout": layout}}))
+    collocated = layout == "collocated"
     runtime = find(docs, "ServingRuntime")
     assert runtime["metadata"]["name"] == "mlplatform-fraud"
     spec = runtime["spec"]
@@ -198,19 +219,22 @@ def test_serving_runtime_and_inference_service_follow_the_serving_contract(rende
     assert container["name"] == "kserve-container"
     assert container["image"] == "ghcr.io/mlplatform/mlplatform-serving:0.1.0"
     assert container["command"] == ["python", "-m", "serving.predictor"]
+    ports = ("8085", "8086") if collocated else ("8080", "8081")
     assert container["args"] == [
         "--model_name={{.Name}}",
         "--model_dir=/mnt/models",
-        "--http_port=8080",
-        "--grpc_port=8081",
+        f"--http_port={ports[0]}",
+        f"--grpc_port={ports[1]}",
     ]
-    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    # Knative routes to the one container that declares a port: collocated, that is the transformer
+    assert container.get("ports") == (None if collocated else [{"containerPort": 8080, "protocol": "TCP"}])
 
     isvc = find(docs, "InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["metadata"]["name"] == "fraud-detector"
     assert isvc["metadata"]["annotations"] == {
         "mlplatform.io/model-name": "fraud-detector",
         "mlplatform.io/model-version": "3",
+        "mlplatform.io/role": "stable",
         "serving.kserve.io/enable-prometheus-scraping": "true",
     }
     model = isvc["spec"]["predictor"]["model"]
@@ -221,10 +245,23 @@ def test_serving_runtime_and_inference_service_follow_the_serving_contract(rende
         env["MLPLATFORM_SERVING_MODEL_VERSION"]["value"] == "3" and env["MLPLATFORM_SERVING_ROLE"]["value"] == "stable"
     )
 
-    (transformer,) = isvc["spec"]["transformer"]["containers"]
-    assert transformer["name"] == "kserve-container"
+    if collocated:
+        assert "transformer" not in isvc["spec"]
+        (transformer,) = isvc["spec"]["predictor"]["containers"]
+        assert transformer["name"] == "transformer-container"  # the name KServe's controller collocates
+        assert transformer["args"] == [
+            "--model_name=fraud-detector",
+            "--http_port=8080",
+            "--grpc_port=8081",
+            "--predictor_host=localhost:8085",
+            "--enable_predictor_health_check",
+        ]
+        assert transformer["readinessProbe"]["httpGet"] == {"path": "/v2/models/fraud-detector/ready", "port": 8080}
+    else:
+        (transformer,) = isvc["spec"]["transformer"]["containers"]
+        assert transformer["name"] == "kserve-container"
+        assert transformer["args"] == ["--model_name=fraud-detector"]  # KServe adds --predictor_host, --http_port
     assert transformer["command"] == ["python", "-m", "serving.transformer"]
-    assert transformer["args"] == ["--model_name=fraud-detector"]
     env = {e["name"]: e for e in transformer["env"]}
     assert env["MLPLATFORM_SERVING_FEAST_CONFIG_FILE"]["value"] == "feature_store_redis_postgres.yaml"
     assert env["MLPLATFORM_FEAST_REGISTRY"]["valueFrom"]["secretKeyRef"]["name"] == "mlplatform-feast-registry"
@@ -255,6 +292,7 @@ def test_rollouts_apply_only_fields_the_chart_renders_alike_for_the_same_version
     Every field they set must hold the value the chart renders for that version and role: then a rollout
     changes the version and nothing the chart decides (transformer, volumes, credentials), and `helm upgrade`
     to the promoted version changes nothing either. tests/k8s/test_rollout_cluster.py merges them."""
+    from mlplatform.deploy import inferenceservice
     from mlplatform.deploy.artifact import storage_uri
     from mlplatform.deploy.cluster import render_manifest
     from mlplatform.registry import RegisteredVersion
@@ -278,10 +316,22 @@ def test_rollouts_apply_only_fields_the_chart_renders_alike_for_the_same_version
         chart = _fields(find(docs, "InferenceService"))
         applied = _fields(rendered)
         assert {path: chart.get(path) for path in applied} == applied
-        assert not any(path[:2] == ("spec", "transformer") for path in applied)
-        # the transformer fronts every predictor revision: its series carry no version, the predictor's do
-        (transformer,) = find(docs, "InferenceService")["spec"]["transformer"]["containers"]
-        assert _env(transformer)["MLPLATFORM_SERVING_MODEL_VERSION"] == "shared"
+        assert not any(
+            path[:2] == ("spec", "transformer") or path[:3] == ("spec", "predictor", "containers") for path in applied
+        )
+        # collocated, the transformer of each revision reports the version and role the applied annotations
+        # carry: KServe's controller fills these placeholders in from them (tests/k8s/test_rollout_cluster.py)
+        (transformer,) = find(docs, "InferenceService")["spec"]["predictor"]["containers"]
+
+        def placeholder(annotation: str) -> str:
+            return "{{index .Annotations `" + annotation + "`}}"
+
+        env = _env(transformer)
+        assert env["MLPLATFORM_SERVING_MODEL_VERSION"] == placeholder(inferenceservice.ANNOTATION_MODEL_VERSION)
+        assert env["MLPLATFORM_SERVING_ROLE"] == placeholder(inferenceservice.ANNOTATION_ROLE)
+        annotations = rendered["metadata"]["annotations"]
+        assert annotations[inferenceservice.ANNOTATION_MODEL_VERSION] == "3"
+        assert annotations[inferenceservice.ANNOTATION_ROLE] == role
 
 
 def test_the_helm_test_hook_checks_every_enabled_endpoint(render) -> None:

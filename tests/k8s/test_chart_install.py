@@ -78,7 +78,9 @@ def test_every_profile_installs_and_its_deployments_become_available(
         if installed.with_model:
             claim = get_json(platform, f"pvc/{CLAIM}", "-n", namespace)
             assert claim["status"]["phase"] == "Bound"
-            assert get_json(platform, f"inferenceservice/{ISVC}", "-n", namespace)["spec"]["transformer"]
+            # collocated (the chart's default layout): the transformer is the predictor pods' second container
+            predictor = get_json(platform, f"inferenceservice/{ISVC}", "-n", namespace)["spec"]["predictor"]
+            assert [c["name"] for c in predictor["containers"]] == ["transformer-container"]
 
         _check_helm_test_pod(platform, namespace, expected=_expects_test_hook(profile))
     finally:
@@ -201,9 +203,11 @@ def test_the_rollout_runs_as_the_pipeline_runner_and_helm_keeps_ownership_of_the
     mlplatform = managers["mlplatform"]
     assert mlplatform["operation"] == "Apply"
     owned = json.dumps(mlplatform["fieldsV1"])
-    assert "f:storageUri" in owned and "f:transformer" not in owned and "f:canaryTrafficPercent" not in owned
+    assert "f:storageUri" in owned and "f:canaryTrafficPercent" not in owned
+    assert "f:containers" not in owned  # the collocated transformer is the chart's
     assert managers["helm"]["operation"] == "Update"
-    assert "f:transformer" in json.dumps(managers["helm"]["fieldsV1"])
+    helm_owned = managers["helm"]["fieldsV1"]["f:spec"]["f:predictor"]
+    assert "f:containers" in helm_owned and "f:volumes" in helm_owned
     # the runner may not touch anything else
     runner = "--as=system:serviceaccount:" + promoted + ":mlplatform-pipeline-runner"
     assert (

@@ -85,7 +85,7 @@ def test_the_monitor_reads_the_prediction_log_read_only_and_needs_no_api_access(
     mount = next(m for m in container["volumeMounts"] if m["name"] == "prediction-log")
     assert mount["readOnly"] is True
     volume = next(v for v in monitor["volumes"] if v["name"] == "prediction-log")
-    transformer = find(docs, "InferenceService")["spec"]["transformer"]
+    transformer = find(docs, "InferenceService")["spec"]["predictor"]  # collocated: the predictor pods write it
     written = next(v for v in transformer["volumes"] if v["name"] == "prediction-log")
     assert volume["persistentVolumeClaim"]["claimName"] == written["persistentVolumeClaim"]["claimName"]
     env = {e["name"]: e.get("value") for e in container["env"]}

@@ -275,7 +275,8 @@ def test_the_pipeline_runner_applies_a_version_to_the_charts_inference_service(i
     assert predictor["model"]["storageUri"] == "s3://mlflow/1/run4/artifacts/model"
     assert predictor["canaryTrafficPercent"] == 10
     assert live["metadata"]["annotations"][ANNOTATION_MODEL_VERSION] == "4"
-    assert live["spec"]["transformer"] == before["spec"]["transformer"]  # the chart's part is left as it was
+    # the chart's part (the collocated transformer container) is left as it was
+    assert live["spec"]["predictor"]["containers"] == before["spec"]["predictor"]["containers"]
     assert FIELD_MANAGER in {m["manager"] for m in live["metadata"]["managedFields"]}
     # promotion: the field left out is removed (mlplatform owned it)
     promoted = apply(_version_change("4", None), runner)

@@ -35,6 +35,7 @@ from mlplatform.deploy import inferenceservice
 from mlplatform.deploy.cluster import deploy
 from mlplatform.deploy.inferenceservice import (
     ANNOTATION_MODEL_VERSION,
+    ANNOTATION_ROLE,
     NotInstalled,
     get,
     is_ready,
@@ -48,7 +49,7 @@ from mlplatform.settings import PlatformSettings
 from scripts.kube.sandbox import ControlPlane
 from tests.k8s import helm_cluster as hc
 from tests.k8s import kube
-from tests.k8s.cluster import CANARY, NAME, api_client, eventually, kubectl, registered
+from tests.k8s.cluster import CANARY, NAME, api_client, eventually, get_json, kubectl, registered
 
 pytestmark = [pytest.mark.k8s, pytest.mark.cluster]
 
@@ -61,8 +62,8 @@ def _uri(version: str) -> str:
     return f"s3://mlflow/1/run{version}/artifacts/model"
 
 
-def _model_values(version: str) -> dict[str, Any]:
-    return {"fraudDetector": {"model": {"version": version, "storageUri": _uri(version)}}}
+def _model_values(version: str, layout: str = "collocated") -> dict[str, Any]:
+    return {"fraudDetector": {"layout": layout, "model": {"version": version, "storageUri": _uri(version)}}}
 
 
 def _settings(namespace: str) -> PlatformSettings:
@@ -96,6 +97,7 @@ class Release:
         runner: A client with a token of the pipeline runner's ServiceAccount: what the code under test uses.
         admin: The sandbox's admin: what the tests read the live objects with.
         before: The live InferenceService once KServe reported it Ready, before a test changed it ({} without it).
+        layout: The chart's fraudDetector.layout: the transformer collocated in the predictor pods, or separate.
     """
 
     plane: ControlPlane
@@ -104,9 +106,14 @@ class Release:
     runner: client.ApiClient
     admin: client.ApiClient
     before: dict[str, Any]
+    layout: str = "collocated"
 
     def live(self) -> dict[str, Any]:
         return get(NAME, self.namespace, self.admin)
+
+    def transformer_pod(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The part of the InferenceService that holds the transformer's pod (containers, volumes)."""
+        return obj["spec"]["predictor" if self.layout == "collocated" else "transformer"]
 
 
 def _runner_client(plane: ControlPlane, namespace: str) -> client.ApiClient:
@@ -132,11 +139,11 @@ def _serving(admin: client.ApiClient, namespace: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _release(plane: ControlPlane, with_model: bool = True) -> Iterator[Release]:
+def _release(plane: ControlPlane, with_model: bool = True, layout: str = "collocated") -> Iterator[Release]:
     """`helm install` of the production profile into a fresh namespace (model version 1, or no InferenceService);
     uninstalled afterwards, with the namespace and every volume made for its claims."""
     namespace = f"rollout-{uuid.uuid4().hex[:6]}"
-    layers = [_model_values("1")] if with_model else []
+    layers = [_model_values("1", layout)] if with_model else []
     installed = None
     with contextlib.ExitStack() as clients:
         try:
@@ -144,7 +151,7 @@ def _release(plane: ControlPlane, with_model: bool = True) -> Iterator[Release]:
             runner = clients.enter_context(contextlib.closing(_runner_client(plane, namespace)))
             admin = clients.enter_context(contextlib.closing(api_client(plane)))
             before = _serving(admin, namespace) if with_model else {}
-            yield Release(plane, namespace, _settings(namespace), runner, admin, before)
+            yield Release(plane, namespace, _settings(namespace), runner, admin, before, layout)
         finally:
             if installed is not None:
                 hc.uninstall(plane, namespace)
@@ -280,13 +287,17 @@ def _what_the_chart_decides(obj: dict[str, Any]) -> dict[str, Any]:
     predictor.pop("canaryTrafficPercent", None)
     for key in ("storageUri", "env"):
         predictor["model"].pop(key)
-    annotations = {k: v for k, v in obj["metadata"]["annotations"].items() if k != ANNOTATION_MODEL_VERSION}
+    annotations = {
+        k: v for k, v in obj["metadata"]["annotations"].items() if k not in (ANNOTATION_MODEL_VERSION, ANNOTATION_ROLE)
+    }
     return {"spec": spec, "labels": obj["metadata"]["labels"], "annotations": annotations}
 
 
-def _chart_inference_service(plane: ControlPlane, namespace: str, version: str) -> dict[str, Any]:
-    """The InferenceService `helm template` renders for the release's namespace and a model version."""
-    with hc.values_file(kube.WITH_MODEL, _model_values(version)) as extra:
+def _chart_inference_service(
+    plane: ControlPlane, namespace: str, version: str, layout: str = "collocated"
+) -> dict[str, Any]:
+    """The InferenceService `helm template` renders for the release's namespace, a model version and a layout."""
+    with hc.values_file(kube.WITH_MODEL, _model_values(version, layout)) as extra:
         out = hc.helm(
             plane,
             "template",
@@ -313,10 +324,13 @@ class Promotion:
     applied: Applied
 
 
-@pytest.fixture(scope="module")
-def promotion(platform: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Promotion]:
-    """Version 2 rolled out over the chart's version 1 with healthy evidence (shared by the promotion tests)."""
-    with _release(platform) as release:
+@pytest.fixture(scope="module", params=["collocated", "separate"])
+def promotion(
+    platform: ControlPlane, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Promotion]:
+    """Version 2 rolled out over the chart's version 1 with healthy evidence (shared by the promotion tests), in
+    each layout of the chart (fraudDetector.layout): the rollout is the same code and the same steps in both."""
+    with _release(platform, layout=request.param) as release:
         with pytest.MonkeyPatch.context() as monkeypatch:  # undone before the other tests of the module run
             applied = _record(monkeypatch, release)
             report, backend = _run(release, 0, tmp_path_factory.mktemp("promotion"))
@@ -337,18 +351,58 @@ def test_cluster_rollout_moves_canary_traffic_step_by_step_and_promotes(promotio
     assert promoted not in (first, canary)
     assert _split(applied.settled[3]) == {promoted: 100}
     assert predictor_traffic(applied.settled[3]).latest_rolled_out_revision == promoted
-    # the chart's transformer (persistent prediction log, Redis password, version "shared"), volumes and security
-    # settings are untouched by every step
+    # the chart's transformer (persistent prediction log, Redis password), volumes and security settings are
+    # untouched by every step
     for obj in applied.settled:
         assert _what_the_chart_decides(obj) == _what_the_chart_decides(release.before)
     live = release.live()
     assert "canaryTrafficPercent" not in live["spec"]["predictor"]
     assert live["spec"]["predictor"]["model"]["storageUri"] == _uri("2")
     assert live["metadata"]["annotations"][ANNOTATION_MODEL_VERSION] == "2" and _role(live) == "stable"
-    volumes = {v["name"]: v for v in live["spec"]["transformer"]["volumes"]}
+    volumes = {v["name"]: v for v in release.transformer_pod(live)["volumes"]}
     assert "persistentVolumeClaim" in volumes["prediction-log"]
     status = promotion.backend.describe()
     assert status["latest_percent"] == 100 and status["canary_percent"] is None
+
+
+def _revision_containers(plane: ControlPlane, namespace: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every Knative revision KServe's controller made for the predictor: revision -> container name -> container."""
+    revisions = get_json(plane, "revisions.serving.knative.dev", "-n", namespace)["items"]
+    return {r["metadata"]["name"]: {c["name"]: c for c in r["spec"]["containers"]} for r in revisions}
+
+
+def test_each_revision_carries_its_transformer_with_the_revisions_version_and_role(promotion: Promotion) -> None:
+    """Collocated, KServe's controller builds every predictor revision with the chart's transformer container
+    beside the model server (KServe collocation), filling the transformer's version and role in from the
+    annotations the rollout sets: the canary's transformer reports version 2 as canary, so both containers' series
+    are the canary's. In separate pods, the predictor revisions hold the model server alone, and the one
+    transformer reports version "shared"."""
+    release, applied = promotion.release, promotion.applied
+    first, canary, promoted = (_latest(o) for o in (release.before, applied.settled[0], applied.settled[3]))
+    revisions = _revision_containers(release.plane, release.namespace)
+    predictor_revisions = {name: c for name, c in revisions.items() if "kserve-container" in c}
+    assert {first, canary, promoted} <= set(predictor_revisions)
+    if release.layout == "separate":
+        assert all(set(c) == {"kserve-container"} for c in predictor_revisions.values())
+        (transformer,) = release.live()["spec"]["transformer"]["containers"]
+        assert _env_values(transformer)["MLPLATFORM_SERVING_MODEL_VERSION"] == "shared"
+        return
+    expected = {first: ("1", "stable"), canary: ("2", "canary"), promoted: ("2", "stable")}
+    for revision, (version, role) in expected.items():
+        containers = predictor_revisions[revision]
+        assert set(containers) == {"kserve-container", "transformer-container"}, revision
+        for name in containers:
+            env = _env_values(containers[name])
+            assert (env["MLPLATFORM_SERVING_MODEL_VERSION"], env["MLPLATFORM_SERVING_ROLE"]) == (version, role)
+        # the transformer owns the one port Knative routes to, and calls the model server beside it
+        transformer, model_server = containers["transformer-container"], containers["kserve-container"]
+        assert [p["containerPort"] for p in transformer.get("ports", [])] == [8080]
+        assert not model_server.get("ports")
+        assert "--predictor_host=localhost:8085" in transformer["args"] and "--http_port=8085" in model_server["args"]
+
+
+def _env_values(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
 
 
 def test_a_promoted_service_equals_what_the_chart_renders_for_that_version(promotion: Promotion) -> None:
@@ -356,7 +410,7 @@ def test_a_promoted_service_equals_what_the_chart_renders_for_that_version(promo
     every field the chart renders for version 2 is live as rendered, and the rollout left nothing else behind."""
     assert promotion.report.outcome == "promoted"
     release = promotion.release
-    chart_v2 = _chart_inference_service(release.plane, release.namespace, "2")
+    chart_v2 = _chart_inference_service(release.plane, release.namespace, "2", release.layout)
     live = release.live()
     assert hc.pruned_fields(chart_v2["spec"], live["spec"]) == []
     assert "canaryTrafficPercent" not in live["spec"]["predictor"]

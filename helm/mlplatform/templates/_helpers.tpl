@@ -182,3 +182,89 @@ Usage: {{- include "mlplatform.networkPolicy.helmTest" . | nindent 8 }} inside a
       {{- include "mlplatform.selectorLabels" (dict "context" . "component" "test") | nindent 6 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The fraud detector's predictor HTTP port inside a collocated pod (the transformer owns 8080, the port Knative
+routes to, and calls the predictor on localhost here). Separate pods: each serves 8080.
+*/}}
+{{- define "mlplatform.fraudDetector.predictorPort" -}}
+{{- if eq .Values.fraudDetector.layout "collocated" }}8085{{ else }}8080{{ end -}}
+{{- end }}
+
+{{/*
+The fraud detector's transformer container, alike in both layouts (fraudDetector.layout) but for its name, ports
+and where its version and role come from.
+- collocated: KServe's `transformer-container` of every predictor revision; it calls the predictor on localhost
+  and reports the revision's version and role, which KServe's controller fills in from the InferenceService's
+  annotations (placeholders) when it builds each revision, as mlplatform/deploy/inferenceservice.py sets them.
+- separate: the transformer component's `kserve-container` (KServe adds --predictor_host and --http_port); one
+  transformer revision fronts every predictor revision, so its series carry model_version "shared", role stable.
+*/}}
+{{- define "mlplatform.fraudDetector.transformerContainer" -}}
+{{- $fd := .Values.fraudDetector -}}
+{{- $collocated := eq $fd.layout "collocated" -}}
+- name: {{ ternary "transformer-container" "kserve-container" $collocated }}
+  image: {{ include "mlplatform.image" .Values.image.serving }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["python", "-m", "serving.transformer"]
+  args:
+    - --model_name={{ $fd.name }}
+    {{- if $collocated }}
+    - --http_port=8080
+    - --grpc_port=8081
+    - --predictor_host=localhost:{{ include "mlplatform.fraudDetector.predictorPort" . }}
+    - --enable_predictor_health_check
+    {{- end }}
+  env:
+    - name: MLPLATFORM_SERVING_MODEL_VERSION
+      value: {{ ternary "{{index .Annotations `mlplatform.io/model-version`}}" "shared" $collocated | quote }}
+    - name: MLPLATFORM_SERVING_ROLE
+      value: {{ ternary "{{index .Annotations `mlplatform.io/role`}}" "stable" $collocated | quote }}
+    - name: MLPLATFORM_SERVING_FEAST_CONFIG_FILE
+      value: feature_store_redis_postgres.yaml
+    {{- include "mlplatform.feast.env" . | nindent 4 }}
+    - name: MLPLATFORM_SERVING_PREDICTION_LOG_DIR
+      value: /var/lib/mlplatform/predictions
+    {{- with $fd.transformer.authToken.existingSecret }}
+    - name: MLPLATFORM_SERVING_AUTH_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $fd.transformer.authToken.existingSecretKey }}
+    {{- end }}
+  ports:
+    - containerPort: 8080
+      protocol: TCP
+  {{- if $collocated }}
+  # ready once the predictor beside it is (--enable_predictor_health_check): no traffic to a half-started pod
+  readinessProbe:
+    httpGet:
+      path: /v2/models/{{ $fd.name }}/ready
+      port: 8080
+  {{- end }}
+  resources:
+    {{- toYaml $fd.transformer.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: prediction-log
+      mountPath: /var/lib/mlplatform/predictions
+{{- end }}
+
+{{/* The volumes of the pod the transformer runs in: /tmp, and the prediction log (an emptyDir or a claim). */}}
+{{- define "mlplatform.fraudDetector.transformerVolumes" -}}
+{{- $fd := .Values.fraudDetector -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 512Mi
+- name: prediction-log
+  {{- if $fd.predictionLog.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "mlplatform.predictionLog.claim" . }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ $fd.predictionLog.emptyDirSizeLimit }}
+  {{- end }}
+{{- end }}
