@@ -113,6 +113,10 @@ test-gpu: ## the gpu tests; needs only torch, numpy, safetensors and pytest (a b
 bench-serving: venv services ## full local serving path vs a one-process baseline: RPS, p50/p95/p99, CPU (JSON)
 	$(PY) benchmarks/bench_serving.py --output benchmarks/results/serving.json
 
+.PHONY: profile-serving
+profile-serving: venv services ## py-spy on the full local serving path under load: flame graphs + CPU by library (benchmarks/results/profile/)
+	$(PY) benchmarks/profile_serving.py --output benchmarks/results/profile
+
 .PHONY: reliability
 reliability: venv services ## bad input (>= 10,000 cases), load + shedding, faults, pip-audit, ML Test Score (JSON + docs/reliability.md)
 	PYTHONPATH=. $(PY) benchmarks/reliability.py --output benchmarks/results/reliability.json --doc docs/reliability.md

@@ -266,7 +266,7 @@ def measure(url: str, bodies: list[bytes], pids: list[int], rates: list[float], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200, 300])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--work-dir", type=Path, default=None, help="Keep data, model and server logs here.")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")

@@ -245,6 +245,8 @@ def write_doc(path: Path, r: dict[str, Any]) -> None:
         f" after restart | {_held(tests, 'test_register_step')} |",
         "| predictor killed | transformer answers 503 + Retry-After, recovers | tests/integration/test_serving.py | "
         "make test |",
+        f"| slow clients | 300 connections holding half-sent requests: good requests p99 < 50 ms, 0 errors; each"
+        f" stalled one 408 | {_slow_clients_line(r['suite'])} | {_held(tests, 'test_stalled_clients')} |",
         "| corrupt artifact | deploy refuses before traffic | tests/integration/test_serving.py, unit test_model |"
         " make test |",
         f"| logs | no bearer token, no request values in serving logs | {_held(tests, 'test_serving_logs')}"
@@ -272,6 +274,9 @@ def write_doc(path: Path, r: dict[str, Any]) -> None:
         "Above saturation the transformer's in-flight limit (`MLPLATFORM_SERVING_MAX_INFLIGHT_REQUESTS`, 64) answers",
         "503 with `Retry-After: 1` at once instead of queueing; the load generator's own 5 s timeout counts the",
         "requests that still waited too long (`TimeoutError`), and client-side socket errors show under their names.",
+        "A request counts against that limit only once its whole body has arrived",
+        "(`MLPLATFORM_SERVING_BODY_TIMEOUT_SECONDS`, 5 s, else 408): clients that send slowly or stall hold a",
+        "connection (at most `MLPLATFORM_SERVING_MAX_CONNECTIONS`, 1000, per process), never an admission slot.",
         "",
         "## Bad input: cases per target",
         "",
@@ -331,6 +336,13 @@ def write_doc(path: Path, r: dict[str, Any]) -> None:
 
 def _seconds(per_mode: dict[str, float] | None) -> str:
     return ", ".join(f"{mode} {value:.2f} s" for mode, value in (per_mode or {}).items()) or "n/a"
+
+
+def _slow_clients_line(suite: dict[str, Any]) -> str:
+    """p99 of the good requests per process under the slow-client attack (tests/reliability/test_slow_clients.py)."""
+    names = ("transformer", "predictor", "webhook", "monitor")
+    measured = [(n, suite[f"slow_clients_{n}"]) for n in names if f"slow_clients_{n}" in suite]
+    return ", ".join(f"{n} p99 {m['p99_ms']:.1f} ms ({m['good_requests']} requests)" for n, m in measured) or "n/a"
 
 
 def _held(tests: dict[str, str], prefix: str) -> str:

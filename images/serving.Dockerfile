@@ -33,6 +33,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# In a container the platform's servers listen on every interface (Kubernetes reaches them on the pod's IP);
+# outside one they listen on loopback unless told otherwise (mlplatform.http.HttpServerSettings.host).
+ENV MLPLATFORM_SERVING_HOST=0.0.0.0 \
+    MLPLATFORM_MONITOR_HOST=0.0.0.0 \
+    MLPLATFORM_WEBHOOK_HOST=0.0.0.0
 WORKDIR /app
 EXPOSE 8080 8081
 USER 10001:10001

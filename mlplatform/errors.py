@@ -23,3 +23,14 @@ class PromotionRejected(MlPlatformError):
     def __init__(self, reasons: list[str]) -> None:
         self.reasons = reasons
         super().__init__("model rejected by the promotion gate:\n  - " + "\n  - ".join(reasons))
+
+
+class RegistryAccessDenied(MlPlatformError):
+    """The MLflow tracking server refused a request: not authenticated (HTTP 401) or not permitted (HTTP 403).
+
+    The message names the user, what was refused and how to fix it (docs/adr/0017-registry-access-control.md).
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)

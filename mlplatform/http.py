@@ -1,23 +1,93 @@
-"""HTTP pieces every platform process shares: the bearer-token check, the body limit, and a /metrics server.
+"""HTTP pieces every platform process shares: where it listens and what it tolerates from clients, the bearer-token
+check, and the body and in-flight limits of ASGI apps (`Guard`).
 
-The model servers (serving/app.py) and the alert webhook (mlplatform/feedback/webhook.py) put `Guard` in front
-of their FastAPI apps; the monitor (mlplatform/monitoring/exporter.py) and the rollout controller
-(mlplatform/rollout/start.py) serve their registries with `MetricsServer`.
+The model servers (serving/app.py) and the alert webhook (mlplatform/feedback/webhook.py) put `Guard` in front of
+their FastAPI apps; the servers themselves (uvicorn's protocol with the connection and header limits, and the
+/metrics server of the monitor and the rollout controller) are in mlplatform/http_servers.py. Every process applies
+the same `HttpServerSettings`: slow or stalled clients are cut off after a set time, oversize headers are refused,
+and the open connections of a process are bounded, each refusal a JSON `{"error": ...}` naming the limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field, model_validator
 
-#: Largest request body accepted by default (bytes).
-MAX_BODY_BYTES = 1024 * 1024
+#: The address local processes bind unless told otherwise (containers set 0.0.0.0: Kubernetes reaches pod IPs).
+LOOPBACK = "127.0.0.1"
+Headers = list[tuple[bytes, bytes]]
+#: Headers of an answer after which the server closes the connection, and of a refusal worth retrying.
+CLOSE_HEADERS: Headers = [(b"connection", b"close")]
+RETRY_HEADERS: Headers = [(b"retry-after", b"1")]
+
+
+class HttpServerSettings(BaseModel):
+    """Where an HTTP server listens and what it tolerates from a connection.
+
+    Mixed into the settings of each process with an HTTP server (`ServingSettings`, `WebhookSettings`,
+    `MonitorSettings`), so the variables carry that process's prefix, e.g. `MLPLATFORM_SERVING_MAX_CONNECTIONS`.
+    """
+
+    host: str = Field(
+        default=LOOPBACK,
+        description="Address to bind: loopback unless told otherwise; the serving image sets 0.0.0.0 (Kubernetes "
+        "reaches containers on the pod's IP).",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open connections per process; one more is answered 503 (JSON error, Retry-After) and closed.",
+    )
+    header_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request line and its headers may take to arrive, counted from the connection's "
+        "start or the request's first byte; then 408 and the connection is closed (one that sent nothing is "
+        "closed silently).",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers; larger ones are answered 431 and the connection is closed.",
+    )
+
+
+class HttpBodySettings(HttpServerSettings):
+    """`HttpServerSettings` plus what a server whose routes take a body tolerates from it (`Guard` applies these)."""
+
+    body_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request body may take to arrive after its headers; then 408 and the connection is "
+        "closed. A request counts against the in-flight limit only once its whole body has arrived.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body; a larger one is answered 413."
+    )
+    max_buffered_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of request bodies still arriving, over all connections (bodies are read whole before "
+        "admission); one that would pass it is answered 503 with Retry-After. Bounds memory when many clients "
+        "send bodies at once.",
+    )
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> Self:
+        if self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ValueError("max_buffered_body_bytes must be at least max_body_bytes: the largest body must fit")
+        return self
+
+
+def local_address(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host` (loopback for the wildcard addresses)."""
+    return LOOPBACK if host in ("0.0.0.0", "::", "") else host
 
 
 def bearer_ok(authorization: bytes | str | None, token: bytes | None) -> bool:
@@ -33,16 +103,30 @@ def metrics_payload(registry: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-class BodyTooLarge(ValueError):
-    """A body sent without Content-Length (chunked) grew past the limit; answered 413."""
+def error_body(message: str) -> bytes:
+    """The JSON body of every refusal: `{"error": message}`."""
+    return json.dumps({"error": message}).encode()
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body larger than {limit} bytes")
+
+async def send_error(send: Any, status: int, message: str, headers: Headers | None = None) -> None:
+    """Answer an ASGI request `status` with a JSON `{"error": message}` body."""
+    body = error_body(message)
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": start + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    return headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
 
 
 class Guard:
-    """Pure ASGI middleware: 401 without the bearer token on protected paths (when a token is set), 413 for
-    oversize bodies (declared or chunked), 503 + Retry-After when `max_inflight` protected requests already run.
+    """Pure ASGI middleware: 401 without the bearer token on protected paths (when a token is set); request bodies
+    read whole before anything else (408 when one is late, 413 when it is too large); 503 + Retry-After when
+    `max_inflight` protected requests already run.
+
+    A request takes an in-flight slot only once its body has arrived, so clients that send slowly or stall hold
+    a connection (bounded by `HttpServerSettings.max_connections` and the body timeout), never a slot.
 
     Args:
         app: The wrapped ASGI app.
@@ -50,8 +134,9 @@ class Guard:
         protected: Whether a path needs the token and counts against `max_inflight` (health and metrics stay open).
         unauthorized_message: The 401 body's error, saying how to send the token.
         max_inflight: Protected requests in progress at once; None for no limit.
-        on_reject: Called with the outcome (unauthorized, too_large, unavailable) of each request turned away.
-        max_body_bytes: Largest accepted body.
+        on_reject: Called with the outcome (unauthorized, too_large, timeout, unavailable) of each request turned
+            away.
+        limits: Body timeout and sizes; None means the defaults.
         rewrite_scope: Adjusts a request's scope before anything else (e.g. a default Content-Type).
         check_headers: Returns a 400 message for headers the app cannot take (checked after the token), or None.
     """
@@ -64,7 +149,7 @@ class Guard:
         unauthorized_message: str = "missing or wrong bearer token (Authorization: Bearer <token>)",
         max_inflight: int | None = None,
         on_reject: Callable[[str], None] | None = None,
-        max_body_bytes: int = MAX_BODY_BYTES,
+        limits: HttpBodySettings | None = None,
         rewrite_scope: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         check_headers: Callable[[dict[bytes, bytes]], str | None] | None = None,
     ) -> None:
@@ -74,18 +159,11 @@ class Guard:
         self.unauthorized_message = unauthorized_message
         self.max_inflight = max_inflight
         self.on_reject = on_reject or (lambda outcome: None)
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits or HttpBodySettings()
         self.rewrite_scope = rewrite_scope
         self.check_headers = check_headers
         self.inflight = 0
-
-    @staticmethod
-    async def reject(send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Answer `status` with a JSON `{"error": message}` body."""
-        body = json.dumps({"error": message}).encode()
-        start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": start + (headers or [])})
-        await send({"type": "http.response.body", "body": body})
+        self.buffered = 0  # bytes of bodies being read, over all requests
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -95,29 +173,19 @@ class Guard:
             scope = self.rewrite_scope(scope)
         headers = dict(scope["headers"])
         protected = self.protected(scope["path"])
-        if protected and not bearer_ok(headers.get(b"authorization"), self.token):
-            self.on_reject("unauthorized")
-            await self.reject(send, 401, self.unauthorized_message, [(b"www-authenticate", b"Bearer")])
+        if not await self._headers_pass(headers, protected, send):
             return
-        problem = self.check_headers(headers) if self.check_headers is not None else None
-        if problem is not None:
-            await self.reject(send, 400, problem)
-            return
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            self.on_reject("too_large")
-            await self.reject(send, 413, f"request body larger than {self.max_body_bytes} bytes")
-            return
-        if protected and self.max_inflight is not None and self.inflight >= self.max_inflight:
-            self.on_reject("unavailable")
-            await self.reject(
-                send, 503, f"overloaded: {self.inflight} requests in progress; retry shortly", [(b"retry-after", b"1")]
-            )
-            return
-        if length is None and scope["method"] in ("POST", "PUT"):
-            receive = self._limited(receive)
+        if _has_body(headers):
+            body = await self._read_body(receive, send)
+            if body is None:
+                return
+            receive = _replay(body, receive)
         if not protected:
             await self.app(scope, receive, send)
+            return
+        if self.max_inflight is not None and self.inflight >= self.max_inflight:
+            busy = f"overloaded: {self.inflight} requests in progress; retry shortly"
+            await self._reject(send, "unavailable", 503, busy, RETRY_HEADERS)
             return
         self.inflight += 1
         try:
@@ -125,85 +193,66 @@ class Guard:
         finally:
             self.inflight -= 1
 
-    def _limited(self, receive: Any) -> Any:
-        seen = 0
-        limit = self.max_body_bytes
+    async def _headers_pass(self, headers: dict[bytes, bytes], protected: bool, send: Any) -> bool:
+        """False once the request is answered: 401 (token), 400 (`check_headers`), 413 (declared length)."""
+        if protected and not bearer_ok(headers.get(b"authorization"), self.token):
+            await self._reject(send, "unauthorized", 401, self.unauthorized_message, [(b"www-authenticate", b"Bearer")])
+            return False
+        problem = self.check_headers(headers) if self.check_headers is not None else None
+        if problem is not None:
+            await send_error(send, 400, problem)
+            return False
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
+            await self._reject(send, "too_large", 413, f"request body larger than {self.limits.max_body_bytes} bytes")
+            return False
+        return True
 
-        async def wrapped() -> dict[str, Any]:
-            nonlocal seen
+    async def _read_body(self, receive: Any, send: Any) -> bytes | None:
+        """The whole body, or None once the request is answered (408, 413, 503) or the client has gone."""
+        chunks: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_seconds):
+                return await self._collect(receive, send, chunks)
+        except TimeoutError:
+            seconds = f"{self.limits.body_timeout_seconds:g}"
+            await self._reject(send, "timeout", 408, f"request body not received within {seconds} s", CLOSE_HEADERS)
+            return None
+        finally:
+            self.buffered -= sum(map(len, chunks))
+
+    async def _collect(self, receive: Any, send: Any, chunks: list[bytes]) -> bytes | None:
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
+            if message["type"] != "http.request":  # http.disconnect: nobody to answer
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limits.max_body_bytes:
+                limit = self.limits.max_body_bytes
+                await self._reject(send, "too_large", 413, f"request body larger than {limit} bytes", CLOSE_HEADERS)
+                return None
+            if self.buffered + len(chunk) > self.limits.max_buffered_body_bytes:
+                total = self.limits.max_buffered_body_bytes
+                busy = f"overloaded: {total} bytes of request bodies in transit; retry shortly"
+                await self._reject(send, "unavailable", 503, busy, RETRY_HEADERS + CLOSE_HEADERS)
+                return None
+            self.buffered += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        return wrapped
+    async def _reject(self, send: Any, outcome: str, status: int, message: str, headers: Headers | None = None) -> None:
+        self.on_reject(outcome)
+        await send_error(send, status, message, headers)
 
 
-class MetricsServer:
-    """/metrics (one registry) and /healthz on a background thread, for processes without a web app of their own.
+def _replay(body: bytes, receive: Any) -> Any:
+    """A `receive` that hands the app `body` whole, then defers to the connection's (disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
 
-    Args:
-        registry: The registry /metrics exposes.
-        host: Address to bind.
-        port: Port to bind; 0 picks a free one (see `start`'s result).
-        healthy: What /healthz reports (200 when True, 503 with `unhealthy_message` otherwise).
-        unhealthy_message: The 503 body.
-        name: Thread name.
-    """
+    async def replayed() -> Any:
+        return pending.pop() if pending else await receive()
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        host: str,
-        port: int,
-        healthy: Callable[[], bool] = lambda: True,
-        unhealthy_message: str = "unhealthy",
-        name: str = "metrics-http",
-    ) -> None:
-        self.registry = registry
-        self.host = host
-        self.port = port
-        self.healthy = healthy
-        self.unhealthy_message = unhealthy_message
-        self.name = name
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> int:
-        """Start serving; returns the bound port."""
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, *metrics_payload(owner.registry))
-                elif path == "/healthz":
-                    ok = owner.healthy()
-                    body = b"ok\n" if ok else owner.unhealthy_message.encode() + b"\n"
-                    self._send(200 if ok else 503, body, "text/plain")
-                else:
-                    self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True).start()
-        return int(self._server.server_address[1])
-
-    def stop(self) -> None:
-        """Stop serving (idempotent)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    return replayed

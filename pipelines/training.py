@@ -23,6 +23,11 @@ GPU_ACCELERATOR = "nvidia.com/gpu"
 #: ConfigMap with the components' MLPLATFORM_* settings on a cluster (helm/mlplatform creates it for release
 #: `mlplatform`); each task reads every settings variable from it, optionally (absent keys keep the defaults).
 SETTINGS_CONFIG_MAP = "mlplatform-pipeline-settings"
+#: Secret with the pipeline runner's MLflow credentials (keys `username`, `password`) in the namespace the steps
+#: run in; each task reads it, optionally (a tracking server without authentication needs none). The registry
+#: lets this identity register versions and move aliases (docs/adr/0017-registry-access-control.md).
+MLFLOW_CREDENTIALS_SECRET = "mlplatform-mlflow-pipeline-runner"
+MLFLOW_CREDENTIALS_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
 def settings_env_names() -> list[str]:
@@ -34,11 +39,11 @@ def settings_env_names() -> list[str]:
 
 
 def with_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Give a task the platform settings of the cluster (SETTINGS_CONFIG_MAP) as environment variables."""
+    """Give a task the platform settings of the cluster (SETTINGS_CONFIG_MAP) and the pipeline runner's MLflow
+    credentials (MLFLOW_CREDENTIALS_SECRET) as environment variables."""
     names = settings_env_names()
-    return kubernetes.use_config_map_as_env(
-        task, SETTINGS_CONFIG_MAP, dict(zip(names, names, strict=True)), optional=True
-    )
+    kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, dict(zip(names, names, strict=True)), optional=True)
+    return kubernetes.use_secret_as_env(task, MLFLOW_CREDENTIALS_SECRET, MLFLOW_CREDENTIALS_ENV, optional=True)
 
 
 @dsl.pipeline(

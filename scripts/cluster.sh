@@ -98,6 +98,25 @@ up() {
       serving.kserve.io/s3-endpoint=minio.mlplatform-deps.svc.cluster.local:9000 \
       serving.kserve.io/s3-usehttps=0 serving.kserve.io/s3-region=us-east-1
   fi
+  # Registry access (docs/adr/0017-registry-access-control.md): the MLflow admin, the auth database, one MLflow user
+  # per identity; the pipeline runner's also in namespace kubeflow, where the kind profile runs the steps.
+  if ! kubectl -n mlplatform get secret mlplatform-mlflow-admin >/dev/null 2>&1; then
+    local pgpass runner
+    pgpass="$(kubectl -n mlplatform-deps get secret dev-services -o jsonpath='{.data.postgres-password}' | base64 -d)"
+    kubectl -n mlplatform create secret generic mlplatform-mlflow-admin --from-literal=username=mlflow-admin \
+      --from-literal=password="$(openssl rand -hex 16)" --from-literal=flask-secret-key="$(openssl rand -hex 32)"
+    kubectl -n mlplatform create secret generic mlplatform-mlflow-auth-db \
+      --from-literal=uri="postgresql+psycopg://mlplatform:$pgpass@postgres.mlplatform-deps.svc.cluster.local:5432/mlflow_auth"
+    for identity in approver monitor; do
+      kubectl -n mlplatform create secret generic "mlplatform-mlflow-$identity" \
+        --from-literal=username="$identity" --from-literal=password="$(openssl rand -hex 16)"
+    done
+    runner="$(openssl rand -hex 16)"
+    for namespace in mlplatform kubeflow; do
+      kubectl -n "$namespace" create secret generic mlplatform-mlflow-pipeline-runner \
+        --from-literal=username=pipeline-runner --from-literal=password="$runner"
+    done
+  fi
   kubectl apply -k "$ROOT/manifests/dev-services"
   wait_deployments mlplatform-deps
 

@@ -1,5 +1,5 @@
-"""What both serving processes add to KServe's FastAPI app: error statuses, and the platform's guard (bearer auth,
-a body size limit, an in-flight limit: mlplatform.http.Guard)."""
+"""What both serving processes add to KServe's model server: error statuses, the platform's guard (bearer auth, body
+limits, an in-flight limit: mlplatform.http.Guard), and the address and connection limits of the settings."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from kserve import Model, ModelServer, model_server
 
-from mlplatform.http import MAX_BODY_BYTES, BodyTooLarge, Guard
+from mlplatform.http import Guard, HttpBodySettings
+from mlplatform.http_servers import uvicorn_options
 from serving.errors import install_handlers
+from serving.fastpath import FastPath
 from serving.settings import ServingSettings
 
 #: Paths that run a model and so need the token when one is set (health and metrics stay open).
@@ -53,8 +55,8 @@ class GuardMiddleware(Guard):
         token: Required bearer token, or None for no check.
         max_inflight: Inference requests in progress at once.
         on_reject: Called with the request outcome (unauthorized, unavailable) of each inference request turned
-            away; an oversize body is not an inference outcome.
-        max_body_bytes: Largest accepted body.
+            away; an oversize or late body is not an inference outcome.
+        limits: Body timeout and sizes; None means the defaults.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class GuardMiddleware(Guard):
         token: str | None,
         max_inflight: int = 64,
         on_reject: Callable[[str], None] | None = None,
-        max_body_bytes: int = MAX_BODY_BYTES,
+        limits: HttpBodySettings | None = None,
     ) -> None:
         def counted(outcome: str) -> None:
             if on_reject is not None and outcome in ("unauthorized", "unavailable"):
@@ -75,29 +77,30 @@ class GuardMiddleware(Guard):
             protected=_is_inference,
             max_inflight=max_inflight,
             on_reject=counted,
-            max_body_bytes=max_body_bytes,
+            limits=limits,
             rewrite_scope=_json_by_default,
             check_headers=_binary_header_is_a_count,
         )
 
 
 def prepare_app(
-    settings: ServingSettings, app: FastAPI | None = None, on_reject: Callable[[str], None] | None = None
+    settings: ServingSettings,
+    app: FastAPI | None = None,
+    on_reject: Callable[[str], None] | None = None,
+    model: Model | None = None,
 ) -> FastAPI:
-    """Install the error handlers and the guard on KServe's app (before `ModelServer.start`)."""
+    """Install the error handlers and the guard on KServe's app (before `ModelServer.start`), and with `model` the
+    fast path of its v1 predict route (serving/fastpath.py) behind the guard."""
     app = app or model_server.app
     install_handlers(app)
-
-    async def _too_large(_: Any, exc: Exception) -> Any:
-        from fastapi.responses import ORJSONResponse
-
-        return ORJSONResponse(status_code=413, content={"error": str(exc)})
-
-    app.add_exception_handler(BodyTooLarge, _too_large)
     app.add_exception_handler(RequestValidationError, _not_protocol)
     _answer_unserved_routes(app)
+    if model is not None:  # added first, so it runs inside the guard (the last added middleware is the outermost)
+        app.add_middleware(FastPath, model=model, handlers=app.exception_handlers)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    app.add_middleware(GuardMiddleware, token=token, max_inflight=settings.max_inflight_requests, on_reject=on_reject)
+    app.add_middleware(
+        GuardMiddleware, token=token, max_inflight=settings.max_inflight_requests, on_reject=on_reject, limits=settings
+    )
     return app
 
 
@@ -142,7 +145,8 @@ def _answer_unserved_routes(app: FastAPI) -> None:
 def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> None:
     """Run KServe's model server for `model` (loaded) with our app additions, until SIGTERM/SIGINT."""
     metrics = getattr(model, "metrics", None)
-    prepare_app(settings, on_reject=metrics.request if metrics is not None else None)
+    prepare_app(settings, on_reject=metrics.request if metrics is not None else None, model=model)
+    _listen_as_configured(settings)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -158,3 +162,37 @@ def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> 
 
         RESTServer._add_middlewares = lambda self, app: None
     server.start([model])
+
+
+def _listen_as_configured(settings: ServingSettings) -> None:
+    """KServe binds its REST server to 0.0.0.0 with uvicorn's defaults and its gRPC server to [::]: both get the
+    address of `settings` instead, and the REST server the connection and header limits (mlplatform.http).
+
+    ModelServer builds both servers inside `start`, so the classes it uses are replaced beforehand (one worker:
+    `--workers` > 1 would use KServe's multi-process server, which this does not reach).
+    """
+    from kserve.protocol.grpc import server as grpc_server
+    from kserve.protocol.rest.server import RESTServer
+
+    class LimitedRESTServer(RESTServer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for name, value in uvicorn_options(settings).items():
+                setattr(self.config, name, value)
+
+    model_server.RESTServer = LimitedRESTServer  # type: ignore[misc]
+    grpc_server.aio = _GrpcOn(settings.host, grpc_server.aio)
+
+
+class _GrpcOn:
+    """`grpc.aio` as KServe's gRPC server module sees it, with servers listening on `host` instead of [::]."""
+
+    def __init__(self, host: str, aio: Any) -> None:
+        self._address = "[::]" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+        self._aio = aio
+
+    def server(self, *args: Any, **kwargs: Any) -> Any:
+        server = self._aio.server(*args, **kwargs)
+        add_port = server.add_insecure_port
+        server.add_insecure_port = lambda address: add_port(address.replace("[::]", self._address, 1))
+        return server

@@ -8,14 +8,18 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform.http import HttpBodySettings
+
 Role = Literal["stable", "canary"]
 
 
-class ServingSettings(BaseSettings):
+class ServingSettings(HttpBodySettings, BaseSettings):
     """What a serving process needs besides KServe's own flags (ports, model name, predictor host).
 
     Each field is read from the environment variable `MLPLATFORM_SERVING_<FIELD NAME>`; on a cluster
-    the InferenceService sets them, locally `mlplatform serve` does.
+    the InferenceService sets them, locally `mlplatform serve` does. The address and the limits on slow or
+    oversize requests are `HttpBodySettings`' (e.g. `MLPLATFORM_SERVING_HOST`, loopback unless set: the serving
+    image sets 0.0.0.0); they apply to the REST server, the address also to the predictor's gRPC server.
     """
 
     model_config = SettingsConfigDict(env_prefix="MLPLATFORM_SERVING_", extra="forbid")
@@ -45,7 +49,7 @@ class ServingSettings(BaseSettings):
         default=64,
         ge=1,
         description="Inference requests in progress at once; more are answered 503 with Retry-After at once "
-        "(shedding load instead of queueing until clients time out).",
+        "(shedding load instead of queueing until clients time out). A request counts once its body has arrived.",
     )
     max_batch_size: int = Field(default=256, ge=1, description="Most transactions in one request.")
     max_amount: float = Field(

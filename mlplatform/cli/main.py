@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlplatform.cli import feedback, monitor, pipeline, rollout, run, score, serve
+from mlplatform.cli import feedback, monitor, pipeline, registry_access, rollout, run, score, serve
 from mlplatform.processes import init_process
 
 app = typer.Typer(help="mlplatform: raw data to a registered fraud model and beyond.", no_args_is_help=True)
@@ -16,6 +16,7 @@ app.command("score")(score.score_command)
 app.add_typer(pipeline.pipeline_app, name="pipeline")
 app.add_typer(monitor.monitor_app, name="monitor")
 app.add_typer(rollout.rollout_app, name="rollout")
+app.add_typer(registry_access.registry_access_app, name="registry-access")
 
 
 def main() -> None:

@@ -39,7 +39,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.errors import ConfigError, MlPlatformError
 from mlplatform.feedback.launchers import KfpLauncher, Launcher, LocalLauncher, RunHandle
-from mlplatform.http import BodyTooLarge, Guard, metrics_payload
+from mlplatform.http import Guard, HttpBodySettings, metrics_payload
+from mlplatform.http_servers import uvicorn_options
 from mlplatform.params import PipelineParams, parse_params
 from mlplatform.processes import init_process
 from mlplatform.settings import PlatformSettings
@@ -52,6 +53,8 @@ DEFAULT_RETRAIN_ALERTNAMES = ("MlplatformFeatureDrift", "MlplatformScoreDrift", 
 ACTIONS = ("started", "deduplicated_active", "deduplicated_cooldown", "ignored")
 #: Outcomes of mlplatform_retraining_runs_total.
 RUN_OUTCOMES = ("started", "succeeded", "failed")
+#: Outcomes of mlplatform_webhook_notifications_total (from unauthorized on: turned away by mlplatform.http.Guard).
+NOTIFICATION_OUTCOMES = ("accepted", "invalid", "unauthorized", "too_large", "timeout", "unavailable")
 #: alertname label value for alerts that are not retraining triggers (keeps the label bounded).
 OTHER_ALERT = "other"
 
@@ -60,16 +63,17 @@ class WebhookError(MlPlatformError):
     """The webhook receiver could not start a retraining run."""
 
 
-class WebhookSettings(BaseSettings):
+class WebhookSettings(HttpBodySettings, BaseSettings):
     """Settings of the webhook receiver; each field from `MLPLATFORM_WEBHOOK_<FIELD NAME>`.
 
     Lists and mappings are JSON, e.g. `MLPLATFORM_WEBHOOK_PIPELINE_PARAMS='{"n_transactions": 20000}'`.
-    MLflow and the local work dir come from `PlatformSettings` (`MLPLATFORM_*`).
+    MLflow and the local work dir come from `PlatformSettings` (`MLPLATFORM_*`). The address (loopback unless
+    `MLPLATFORM_WEBHOOK_HOST` says otherwise; the serving image sets 0.0.0.0) and the limits on slow or oversize
+    requests are `HttpBodySettings`'.
     """
 
     model_config = SettingsConfigDict(env_prefix="MLPLATFORM_WEBHOOK_", extra="forbid")
 
-    host: str = Field(default="0.0.0.0", description="Address the HTTP server binds to.")
     port: int = Field(default=9109, ge=0, le=65535, description="Port of /alerts, /metrics and /healthz.")
     retrain_alertnames: list[str] = Field(
         default=list(DEFAULT_RETRAIN_ALERTNAMES),
@@ -97,7 +101,6 @@ class WebhookSettings(BaseSettings):
         description="Bearer token Alertmanager must send (http_config.authorization); unset accepts any sender.",
     )
     run_poll_interval_seconds: float = Field(default=15.0, gt=0, description="Time between run state checks.")
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest notification body accepted.")
 
     @field_validator("pipeline_params")
     @classmethod
@@ -206,7 +209,8 @@ class WebhookMetrics:
         )
         self.notifications = Counter(
             "mlplatform_webhook_notifications_total",
-            "Notifications (HTTP requests) received, by outcome (accepted, invalid, unauthorized, too_large).",
+            "Notifications (HTTP requests) received, by outcome (accepted, invalid, unauthorized, too_large, "
+            "timeout: the body did not arrive in time, unavailable: too many bodies in transit).",
             ("outcome",),
             registry=self.registry,
         )
@@ -229,7 +233,7 @@ class WebhookMetrics:
                 self.runs.labels(trigger=f"alert:{name}", outcome=outcome)
             for action in ACTIONS:
                 self.alerts.labels(alertname=name, status="firing", action=action)
-        for outcome in ("accepted", "invalid", "unauthorized", "too_large"):
+        for outcome in NOTIFICATION_OUTCOMES:
             self.notifications.labels(outcome=outcome)
 
 
@@ -435,10 +439,6 @@ def create_app(retrainer: Retrainer, settings: WebhookSettings) -> FastAPI:
         body, content_type = metrics_payload(metrics.registry)
         return Response(body, media_type=content_type)
 
-    async def too_large(_: Request, exc: Exception) -> JSONResponse:
-        return error(413, "too_large", str(exc))
-
-    app.add_exception_handler(BodyTooLarge, too_large)
     app.add_middleware(
         Guard,
         token=settings.auth_token.get_secret_value() if settings.auth_token else None,
@@ -446,7 +446,7 @@ def create_app(retrainer: Retrainer, settings: WebhookSettings) -> FastAPI:
         unauthorized_message="missing or wrong bearer token: set http_config.authorization in the Alertmanager "
         "receiver",
         on_reject=lambda outcome: metrics.notifications.labels(outcome=outcome).inc(),
-        max_body_bytes=settings.max_body_bytes,
+        limits=settings,
     )
     return app
 
@@ -464,7 +464,7 @@ def serve(settings: WebhookSettings | None = None, platform: PlatformSettings | 
     retrainer = Retrainer(settings, launcher_for(settings, platform))
     app = create_app(retrainer, settings)
     log.info("alert webhook on %s:%s (backend %s)", settings.host, settings.port, settings.backend)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    uvicorn.run(app, port=settings.port, log_level="info", access_log=False, **uvicorn_options(settings))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import httpx
 import yaml
 
 from mlplatform.errors import MlPlatformError
+from mlplatform.http import LOOPBACK, local_address
 from mlplatform.local.serving import free_port
 from mlplatform.monitoring.prometheus import query
 
@@ -68,13 +69,14 @@ def _log_tail(path: Path) -> str:
 
 
 class _LocalProcess:
-    """A server process on 127.0.0.1 whose readiness is `GET /-/ready` == 200."""
+    """A server process on `host` (loopback unless told otherwise) whose readiness is `GET /-/ready` == 200."""
 
     _error: type[LocalServerError] = LocalServerError
     _name = "server"
 
-    def __init__(self, work_dir: Path, port: int) -> None:
+    def __init__(self, work_dir: Path, port: int, host: str = LOOPBACK) -> None:
         self.work_dir = Path(work_dir)
+        self.host = host
         self._requested_port = port
         self.port = port
         self._process: subprocess.Popen[bytes] | None = None
@@ -83,7 +85,7 @@ class _LocalProcess:
     @property
     def url(self) -> str:
         """Root URL of the HTTP API, e.g. http://127.0.0.1:9090."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{local_address(self.host)}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -208,7 +210,8 @@ def _job_file_name(job: str) -> str:
 
 
 class LocalPrometheus(_LocalProcess):
-    """A real Prometheus server on 127.0.0.1 whose scrape targets are files under `<work_dir>/targets/`.
+    """A real Prometheus server (on 127.0.0.1 unless `host` says otherwise) whose scrape targets are files under
+    `<work_dir>/targets/`.
 
     One scrape config discovers every `targets/*.json` file (file_sd, watched with inotify), so jobs can be added,
     changed and removed while the server runs; each file is one job and carries the job name as the `job` label.
@@ -221,6 +224,7 @@ class LocalPrometheus(_LocalProcess):
         rule_files: Prometheus rule files to load (changes need `reload()`).
         alertmanager_url: Where firing alerts go, e.g. http://127.0.0.1:9093; None sends them nowhere.
         retention: TSDB retention (a Prometheus duration).
+        host: Address to listen on.
 
     Example:
         >>> with LocalPrometheus(tmp_path) as prom:  # doctest: +SKIP
@@ -240,8 +244,9 @@ class LocalPrometheus(_LocalProcess):
         rule_files: Sequence[Path] = (),
         alertmanager_url: str | None = None,
         retention: str = "1d",
+        host: str = LOOPBACK,
     ) -> None:
-        super().__init__(work_dir, port)
+        super().__init__(work_dir, port, host)
         self.scrape_interval_seconds = scrape_interval_seconds
         self.evaluation_interval_seconds = evaluation_interval_seconds
         self.rule_files = [Path(p).resolve() for p in rule_files]
@@ -297,7 +302,7 @@ class LocalPrometheus(_LocalProcess):
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.data_dir}",
             f"--storage.tsdb.retention.time={self.retention}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.listen-address={self.host}:{self.port}",
             "--web.enable-lifecycle",
             "--log.level=info",
         ]
@@ -376,7 +381,8 @@ class LocalPrometheus(_LocalProcess):
 
 
 class LocalAlertmanager(_LocalProcess):
-    """A real Alertmanager on 127.0.0.1 that routes every alert to webhook receivers, with short test timings.
+    """A real Alertmanager (on 127.0.0.1 unless `host` says otherwise) that routes every alert to webhook receivers,
+    with short test timings.
 
     Args:
         work_dir: Holds alertmanager.yml, data/ and alertmanager.log.
@@ -387,6 +393,7 @@ class LocalAlertmanager(_LocalProcess):
         repeat_interval_seconds: Wait before re-sending an unchanged firing notification.
         group_by: Labels grouping alerts into one notification.
         bearer_token: Sent as `Authorization: Bearer ...` to the receivers when set.
+        host: Address to listen on.
     """
 
     _error = AlertmanagerStartError
@@ -402,8 +409,9 @@ class LocalAlertmanager(_LocalProcess):
         repeat_interval_seconds: float = 3600.0,
         group_by: Sequence[str] = ("alertname", "model_name"),
         bearer_token: str | None = None,
+        host: str = LOOPBACK,
     ) -> None:
-        super().__init__(work_dir, port)
+        super().__init__(work_dir, port, host)
         if not webhook_urls:
             raise ValueError("at least one webhook URL is needed")
         self.webhook_urls = list(webhook_urls)
@@ -442,7 +450,7 @@ class LocalAlertmanager(_LocalProcess):
             ALERTMANAGER_BIN,
             f"--config.file={self.config_path}",
             f"--storage.path={self.data_dir}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.listen-address={self.host}:{self.port}",
             "--cluster.listen-address=",  # no HA gossip: one instance, no second port
             "--log.level=info",
         ]

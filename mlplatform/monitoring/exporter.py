@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mlplatform.http import MetricsServer
+from mlplatform.http_servers import MetricsServer
 from mlplatform.monitoring.drift import MonitorResult
 from mlplatform.monitoring.references import ReferenceResolver
 from mlplatform.monitoring.settings import MonitorSettings
@@ -217,8 +217,8 @@ class Monitor:
         """Serve /metrics and /healthz in a background thread; returns the bound port."""
         self._server = MetricsServer(
             self.registry,
-            self.settings.host,
             self.settings.port,
+            self.settings,
             healthy=self.healthy,
             unhealthy_message="evaluation loop stalled",
             name="monitor-http",

@@ -7,15 +7,17 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform.http import HttpServerSettings
 from mlplatform.settings import PlatformSettings
 
 
-class MonitorSettings(BaseSettings):
+class MonitorSettings(HttpServerSettings, BaseSettings):
     """What the monitor watches, how often, and where it serves its metrics.
 
     Each field is read from the environment variable `MLPLATFORM_MONITOR_<FIELD NAME>`. The MLflow
     tracking URI and the work dir come from `PlatformSettings` (`MLPLATFORM_MLFLOW_TRACKING_URI`,
-    `MLPLATFORM_WORK_DIR`).
+    `MLPLATFORM_WORK_DIR`). The metrics endpoint's address (loopback unless `MLPLATFORM_MONITOR_HOST` says
+    otherwise; the serving image sets 0.0.0.0) and its limits on slow clients are `HttpServerSettings`'.
     """
 
     model_config = SettingsConfigDict(env_prefix="MLPLATFORM_MONITOR_", extra="forbid")
@@ -56,7 +58,6 @@ class MonitorSettings(BaseSettings):
     min_labelled_predictions: int = Field(
         default=50, ge=1, description="Labelled predictions a version needs before precision, recall, PR-AUC."
     )
-    host: str = Field(default="0.0.0.0", description="Address the metrics endpoint binds to.")
     port: int = Field(default=9108, ge=0, le=65535, description="Port of /metrics and /healthz (0: any free port).")
 
     def log_dir(self, platform: PlatformSettings) -> Path:

@@ -130,7 +130,7 @@ class Recorder(Protocol):
     """Where a finished rollout is recorded (the registry)."""
 
     def record(self, report: RolloutReport, report_dir: Path) -> list[str]:
-        """Record the outcome; returns the alias moves done."""
+        """Record the outcome; returns the alias moves done (also set on `report` with who made them)."""
 
 
 class MlflowRecorder:
@@ -164,6 +164,9 @@ class MlflowRecorder:
             moves = registry.promote_champion(self.model_name, version)
         else:
             moves = registry.retire_challenger(self.model_name, version)
+        # the report attached to the run names the moves and who made them (the tags on the versions say it too)
+        report.alias_moves, report.alias_moves_by = moves, registry.acting_identity()
+        report.write(report_dir)
         registry.tag_version(self.model_name, version, tags)
         run_id = registry.get_version(self.model_name, version).run_id
         if run_id:

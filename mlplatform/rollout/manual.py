@@ -66,4 +66,5 @@ def decide(
             "rollout.reason": f"{action} by hand",
         },
     )
-    log(f"version {target_version.version}: {action} done; registry: {', '.join(moves) or 'unchanged'}")
+    by = f" (by {registry.acting_identity()})" if moves else ""
+    log(f"version {target_version.version}: {action} done; registry: {', '.join(moves) or 'unchanged'}{by}")

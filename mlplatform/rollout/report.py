@@ -70,6 +70,9 @@ class RolloutReport:
         time_to_detect_seconds: Rolled back: from the canary's first traffic to the rollback decision.
         rollback_seconds: Rolled back: from the decision until the stable version serves all traffic again.
         restore_seconds: time_to_detect + rollback: the time to restore service (MTTR) of this incident.
+        alias_moves: The registry alias moves that recorded the outcome (e.g. "champion -> 2").
+        alias_moves_by: The registry identity that made them (also tagged on the versions:
+            `mlplatform.alias.<alias>.moved_by`).
     """
 
     rollout_id: str
@@ -90,6 +93,7 @@ class RolloutReport:
     restore_seconds: float | None = None
     duration_seconds: float = 0.0
     alias_moves: list[str] = field(default_factory=list)
+    alias_moves_by: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -112,7 +116,8 @@ class RolloutReport:
                 f"time to restore {self.restore_seconds:.2f} s"
             )
         if self.alias_moves:
-            lines.append(f"- registry: {', '.join(self.alias_moves)}")
+            by = f" (by {self.alias_moves_by})" if self.alias_moves_by else ""
+            lines.append(f"- registry: {', '.join(self.alias_moves)}{by}")
         for step in self.steps:
             lines += [
                 "",

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from mlplatform.http import MetricsServer
+from mlplatform.http import HttpServerSettings
+from mlplatform.http_servers import MetricsServer
 from mlplatform.local.traffic import TrafficGenerator, sample_transactions
 from mlplatform.registry import RegisteredVersion
 from mlplatform.rollout.backends import report_root
@@ -22,6 +23,8 @@ from mlplatform.settings import PlatformSettings
 
 #: Transactions sampled from the feature store to replay through a local endpoint during a rollout.
 REPLAY_TRANSACTIONS = 2_000
+#: The controller's /metrics is served only in a pipeline pod (Prometheus scrapes the pod's IP): all interfaces.
+METRICS_LISTEN = HttpServerSettings(host="0.0.0.0")
 
 
 def run_rollout(
@@ -80,7 +83,9 @@ def run_rollout(
                 log=log,
             )
             server = (
-                MetricsServer(controller.metrics.registry, "0.0.0.0", canary_settings.metrics_port, name="rollout-http")
+                MetricsServer(
+                    controller.metrics.registry, canary_settings.metrics_port, METRICS_LISTEN, name="rollout-http"
+                )
                 if serve_metrics and canary_settings.metrics_port
                 else None
             )

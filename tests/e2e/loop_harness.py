@@ -251,13 +251,13 @@ def build_drifted_store(work: Path, config: LoopConfig) -> tuple[PlatformSetting
 # --- processes ----------------------------------------------------------------------------------------------------
 
 
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
+def child_env(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment without MLPLATFORM_* (a developer's settings must not leak in), plus `extra`."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith("MLPLATFORM_")}, **extra}
 
 
 @contextmanager
-def _process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def child_process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child process, logging to `log_path`, stopped with SIGTERM (SIGKILL after 20 s) on exit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
@@ -310,7 +310,8 @@ def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """Whether `url` answers 200."""
     try:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
@@ -425,9 +426,9 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
                 )
             )
         stack.enter_context(
-            _process(
+            child_process(
                 [sys.executable, "-m", "mlplatform.monitoring.exporter"],
-                _child_env(
+                child_env(
                     {
                         **base_env,
                         "MLPLATFORM_MONITOR_HOST": "127.0.0.1",
@@ -441,9 +442,9 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
             )
         )
         webhook = stack.enter_context(
-            _process(
+            child_process(
                 [sys.executable, "-m", "mlplatform.feedback.webhook"],
-                _child_env(
+                child_env(
                     {
                         **base_env,
                         **gates,
@@ -463,8 +464,8 @@ def run_feedback_loop(work: Path, config: LoopConfig | None = None, log: Callabl
             LocalAlertmanager(work / "alertmanager", [f"{webhook_url}/alerts"], bearer_token=TOKEN)
         )
         prom = stack.enter_context(LocalPrometheus(work / "prometheus", rule_files=[rules], alertmanager_url=am.url))
-        wait_until(lambda: _healthy(f"{monitor_url}/healthz"), 60, "the monitor's /healthz", (monitor_log,))
-        wait_until(lambda: _healthy(f"{webhook_url}/healthz"), 60, "the webhook's /healthz", (webhook_log,))
+        wait_until(lambda: healthy(f"{monitor_url}/healthz"), 60, "the monitor's /healthz", (monitor_log,))
+        wait_until(lambda: healthy(f"{webhook_url}/healthz"), 60, "the webhook's /healthz", (webhook_log,))
         prom.set_targets("mlplatform-monitor", [monitor_url.removeprefix("http://")])
         prom.set_targets("mlplatform-webhook", [webhook_url.removeprefix("http://")])
         prom.set_targets("mlplatform-serving", [p.url.removeprefix("http://") for p in pairs.values()])

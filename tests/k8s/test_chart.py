@@ -9,7 +9,9 @@ import sys
 from typing import Any
 
 import pytest
+import yaml
 
+from pipelines.training import MLFLOW_CREDENTIALS_SECRET
 from tests.k8s import kube
 from tests.k8s.kube import find, objects
 
@@ -74,6 +76,15 @@ def test_enabling_the_inference_service_without_a_model_location_fails_with_the_
         kube.helm("template", "default", {"fraudDetector": {"enabled": True, "model": {"version": "1"}}})
 
 
+def test_production_refuses_an_inference_endpoint_without_its_token_secret() -> None:
+    """The production profile requires the bearer token (security.requireInferenceToken); others may go without."""
+    no_token = {"fraudDetector": {"transformer": {"authToken": {"existingSecret": ""}}}}
+    with pytest.raises(AssertionError, match="set fraudDetector.transformer.authToken.existingSecret to its name"):
+        kube.helm("template", "production", kube.WITH_MODEL, no_token)
+    assert kube.helm_template("kind", kube.WITH_MODEL, no_token)
+    assert kube.helm_template("production", no_token)  # no InferenceService, no endpoint to protect
+
+
 def test_canary_traffic_percent_is_rendered_only_when_set(render) -> None:
     off = find(objects(render("kind", True)), "InferenceService")
     assert "canaryTrafficPercent" not in off["spec"]["predictor"]
@@ -125,12 +136,105 @@ def test_credentials_come_from_existing_secrets_and_the_chart_renders_none(rende
     assert default == {
         "mlplatform-mlflow-backend-store",
         "mlplatform-mlflow-artifact-store",
+        "mlplatform-mlflow-admin",
+        "mlplatform-mlflow-auth-db",
+        "mlplatform-mlflow-pipeline-runner",
+        "mlplatform-mlflow-approver",
+        "mlplatform-mlflow-monitor",
         "mlplatform-feast-registry",
     }
     production = _secret_refs(objects(render("production", True)))
     assert {"mlplatform-redis", "mlplatform-serving-token"} <= production
     custom = objects(kube.helm_template("default", {"mlflow": {"backendStore": {"existingSecret": "my-db"}}}))
     assert "my-db" in _secret_refs(custom)
+
+
+def _env_refs(container: dict[str, Any]) -> dict[str, Any]:
+    """name -> value, or (Secret, key) for a value from a Secret."""
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        if "valueFrom" in e
+        else e.get("value")
+        for e in container.get("env", [])
+    }
+
+
+@pytest.mark.parametrize("profile", list(kube.PROFILES))
+def test_mlflow_runs_the_auth_app_with_its_admin_and_auth_database_from_existing_secrets(render, profile: str) -> None:
+    """Registry access control (docs/adr/0017): every request authenticated, users and permissions in the auth
+    database, whose URL reaches the server's auth file through a memory-backed volume, never the chart."""
+    pod = find(objects(render(profile, False)), "Deployment", "mlflow")["spec"]["template"]["spec"]
+    [server] = pod["containers"]
+    assert server["command"] == ["mlflow", "server"] and server["args"][0] == "--app-name=basic-auth"
+    env = _env_refs(server)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow-auth/basic_auth.ini"
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == ("mlplatform-mlflow-admin", "username")
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ("mlplatform-mlflow-admin", "password")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == ("mlplatform-mlflow-admin", "flask-secret-key")
+    [init] = pod["initContainers"]
+    assert init["command"][-3:] == ["registry-access", "server-config", env["MLFLOW_AUTH_CONFIG_PATH"]]
+    assert _env_refs(init)["MLPLATFORM_REGISTRY_ACCESS_DATABASE_URI"] == ("mlplatform-mlflow-auth-db", "uri")
+    assert _env_refs(init)["MLPLATFORM_REGISTRY_ACCESS_DEFAULT_PERMISSION"] == "NO_PERMISSIONS"
+    volume = next(v for v in pod["volumes"] if v["name"] == "auth-config")
+    assert volume["emptyDir"]["medium"] == "Memory"
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "auth-config")
+    assert mount == {"name": "auth-config", "mountPath": "/etc/mlflow-auth", "readOnly": True}
+    # the probes stay unauthenticated: MLflow serves /health to anyone
+    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_without_auth_the_server_has_no_auth_app_file_or_bootstrap() -> None:
+    docs = objects(kube.helm_template("default", {"mlflow": {"auth": {"enabled": False}}}))
+    pod = find(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]
+    assert "--app-name=basic-auth" not in pod["containers"][0]["args"] and "initContainers" not in pod
+    assert not [d for d in docs if d["kind"] == "Job"]
+
+
+def test_the_access_bootstrap_runs_after_install_and_upgrade_as_the_admin_with_each_identitys_secret(render) -> None:
+    job = find(objects(render("default", False)), "Job", "mlflow-access")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    [apply] = pod["containers"]
+    assert apply["command"][-2:] == ["registry-access", "apply"]
+    env = _env_refs(apply)
+    assert env["MLFLOW_TRACKING_USERNAME"] == ("mlplatform-mlflow-admin", "username")
+    assert env["MLFLOW_TRACKING_PASSWORD"] == ("mlplatform-mlflow-admin", "password")
+    assert env["MLPLATFORM_MLFLOW_TRACKING_URI"] == "http://mlplatform-mlflow.mlplatform.svc.cluster.local:5000"
+    identities = {k: v for k, v in env.items() if k.startswith("MLPLATFORM_REGISTRY_ACCESS_") and "WAIT" not in k}
+    assert identities == {
+        f"MLPLATFORM_REGISTRY_ACCESS_{role}_{field.upper()}": (f"mlplatform-mlflow-{secret}", field)
+        for role, secret in (("PIPELINE_RUNNER", "pipeline-runner"), ("APPROVER", "approver"), ("MONITOR", "monitor"))
+        for field in ("username", "password")
+    }  # serving: no Secret by default, so no user
+    serving = {"mlflow": {"auth": {"identities": {"serving": {"existingSecret": "my-serving"}}}}}
+    env = _env_refs(
+        find(objects(kube.helm_template("default", serving)), "Job", "mlflow-access")["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+    )
+    assert env["MLPLATFORM_REGISTRY_ACCESS_SERVING_USERNAME"] == ("my-serving", "username")
+    with pytest.raises(AssertionError, match="mlflow.auth.identities.pipelineRunner.existingSecret is required"):
+        kube.helm(
+            "template", "default", {"mlflow": {"auth": {"identities": {"pipelineRunner": {"existingSecret": ""}}}}}
+        )
+
+
+def test_the_pipeline_steps_and_the_monitor_authenticate_with_their_own_secrets_and_serving_with_none() -> None:
+    """The steps read the runner's Secret by the name the compiled pipeline carries; the monitor its own; the
+    InferenceService fetches weights from the artifact store and holds no MLflow credentials at all."""
+    values = kube.merge(
+        kube.WITH_MODEL,
+        {"monitoring": {"enabled": True}, "fraudDetector": {"predictionLog": {"persistence": {"enabled": True}}}},
+    )
+    docs = objects(kube.helm_template("default", values))
+    defaults = yaml.safe_load((kube.CHART / "values.yaml").read_text())
+    assert defaults["mlflow"]["auth"]["identities"]["pipelineRunner"]["existingSecret"] == MLFLOW_CREDENTIALS_SECRET
+    monitor = _env_refs(find(docs, "Deployment", "monitor")["spec"]["template"]["spec"]["containers"][0])
+    assert monitor["MLFLOW_TRACKING_USERNAME"] == ("mlplatform-mlflow-monitor", "username")
+    assert monitor["MLFLOW_TRACKING_PASSWORD"] == ("mlplatform-mlflow-monitor", "password")
+    isvc = find(docs, "InferenceService", "fraud-detector")
+    assert "MLFLOW_TRACKING" not in str(isvc)
 
 
 def test_pipeline_runner_may_only_get_and_patch_inference_services_in_its_namespace(render) -> None:

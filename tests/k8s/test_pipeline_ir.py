@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipelines import compile_pipeline
-from pipelines.training import GPU_ACCELERATOR, GPU_NODE_LABEL, GPU_TAINT_KEY
+from pipelines.training import GPU_ACCELERATOR, GPU_NODE_LABEL, GPU_TAINT_KEY, MLFLOW_CREDENTIALS_SECRET
 from tests.k8s.test_images import OURS
 
 pytestmark = pytest.mark.k8s
@@ -39,3 +39,17 @@ def test_train_task_requests_a_gpu_on_the_tainted_gpu_nodes(ir: list[dict]) -> N
     platform = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor]
     assert platform["nodeSelector"]["labels"] == {GPU_NODE_LABEL[0]: GPU_NODE_LABEL[1]}
     assert {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"} in platform["tolerations"]
+
+
+def test_every_task_reads_the_pipeline_runners_mlflow_credentials_from_its_secret(ir: list[dict]) -> None:
+    """The registry lets only the pipeline runner's MLflow user register versions and move aliases: every step
+    authenticates as it, with credentials from a Secret (optional: a server without authentication needs none)."""
+    executors = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == len(ir[0]["deploymentSpec"]["executors"])
+    for name, platform in executors.items():
+        [secret] = platform["secretAsEnv"]
+        assert secret["secretName"] == MLFLOW_CREDENTIALS_SECRET and secret["optional"] is True, name
+        assert {m["secretKey"]: m["envVar"] for m in secret["keyToEnv"]} == {
+            "username": "MLFLOW_TRACKING_USERNAME",
+            "password": "MLFLOW_TRACKING_PASSWORD",
+        }, name

@@ -222,6 +222,26 @@ def test_a_pending_version_that_got_its_aliases_is_kept_and_untagged(sqlite_mlfl
     assert registry.REGISTRATION_PENDING_TAG not in kept.tags
 
 
+def test_every_alias_move_records_who_made_it_and_when(sqlite_mlflow: PlatformSettings, monkeypatch) -> None:
+    """Without MLflow credentials (local SQLite) the OS login is the identity; with them, the MLflow user."""
+    import getpass
+
+    run_id, source = _model_run(sqlite_mlflow)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    v1 = registry.register_version("m", source, run_id, {}, [])
+    v2 = registry.register_version("m", source, run_id, {}, [])
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "approver-1")
+    assert registry.promote_champion("m", v2.version) == ["previous -> 1", "champion -> 2", "challenger removed"]
+    tags = {v: registry.get_version("m", v).tags for v in (v1.version, v2.version)}
+    local = f"os:{getpass.getuser()}"
+    assert tags["1"]["mlplatform.alias.champion.moved_by"] == local
+    assert tags["1"]["mlplatform.alias.previous.moved_by"] == "approver-1"
+    assert tags["2"]["mlplatform.alias.challenger.moved_by"] == local
+    assert tags["2"]["mlplatform.alias.champion.moved_by"] == "approver-1"
+    assert tags["2"]["mlplatform.alias.challenger.removed_by"] == "approver-1"
+    assert tags["2"]["mlplatform.alias.champion.moved_at"] >= tags["2"]["mlplatform.alias.challenger.moved_at"]
+
+
 def test_features_applied_twice_in_one_process_read_each_runs_own_sources(tmp_path: Path) -> None:
     from components.features.step import run_features
     from mlplatform.features import store as featurestore
