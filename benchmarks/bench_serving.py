@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,14 +266,10 @@ def measure(url: str, bodies: list[bytes], pids: list[int], rates: list[float], 
     return {"max_rps": best["rps"], "closed_loop": closed, "at_rate": at_rate}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200, 300])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--work-dir", type=Path, default=None, help="Keep data, model and server logs here.")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
-    args = parser.parse_args()
-
+@contextlib.contextmanager
+def prepared_stack(work_dir: Path | None = None) -> Iterator[tuple[Path, Path, list[bytes], dict[str, str]]]:
+    """A fresh Feast registry database and Redis db, data, features and a trained model (`_prepare`): yields the work
+    folder, the model folder, request bodies and the serving processes' environment; cleans Redis and the database."""
     import redis
 
     host, port = REDIS.rsplit(":", 1)
@@ -282,7 +280,7 @@ def main() -> None:
     os.environ["MLPLATFORM_FEAST_REGISTRY"] = registry_url
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            work = args.work_dir or Path(tmp)
+            work = work_dir or Path(tmp)
             settings, model_dir, bodies = _prepare(work)
             env = {
                 "MLPLATFORM_SERVING_MODEL_VERSION": "1",
@@ -291,25 +289,37 @@ def main() -> None:
                 "MLPLATFORM_SERVING_FEAST_DATA_DIR": str(settings.feast_data),
                 "MLPLATFORM_SERVING_PREDICTION_LOG_DIR": str(work / "predictions"),
             }
-            results: dict[str, Any] = {"machine": describe()}
-            with start_local(model_dir, env=env, log_dir=work / "logs") as service:
-                pids = [p.pid for p in service.processes.values()]
-                results["full_path"] = measure(service.predict_url, bodies, pids, args.rates, args.seconds)
-            base_port = free_port()
-            baseline = subprocess.Popen(
-                [sys.executable, str(ROOT / "benchmarks" / "baseline_server.py"), str(model_dir), str(base_port)],
-                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            )
-            try:
-                _wait(f"http://127.0.0.1:{base_port}/docs", baseline)
-                url = f"http://127.0.0.1:{base_port}/predict"
-                results["baseline"] = measure(url, bodies, [baseline.pid], args.rates, args.seconds)
-            finally:
-                baseline.terminate()
-                baseline.wait(30)
+            yield work, model_dir, bodies, env
     finally:
         flush.flushdb()
         _drop_db(db_name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200, 300])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--work-dir", type=Path, default=None, help="Keep data, model and server logs here.")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
+    args = parser.parse_args()
+
+    with prepared_stack(args.work_dir) as (work, model_dir, bodies, env):
+        results: dict[str, Any] = {"machine": describe()}
+        with start_local(model_dir, env=env, log_dir=work / "logs") as service:
+            pids = [p.pid for p in service.processes.values()]
+            results["full_path"] = measure(service.predict_url, bodies, pids, args.rates, args.seconds)
+        base_port = free_port()
+        baseline = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "baseline_server.py"), str(model_dir), str(base_port)],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            _wait(f"http://127.0.0.1:{base_port}/docs", baseline)
+            url = f"http://127.0.0.1:{base_port}/predict"
+            results["baseline"] = measure(url, bodies, [baseline.pid], args.rates, args.seconds)
+        finally:
+            baseline.terminate()
+            baseline.wait(30)
     results["full_path_vs_baseline_max_rps"] = round(
         results["full_path"]["max_rps"] / results["baseline"]["max_rps"], 3
     )

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from bench_serving import REDIS, REDIS_DB, _drop_db, _postgres_db, _prepare, run_load  # beside this script
+from bench_serving import prepared_stack, run_load  # beside this script
 from machine import describe
 
 from mlplatform.local.serving import start_local
@@ -117,33 +116,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "profile")
     args = parser.parse_args()
-    import redis
-
-    host, port = REDIS.rsplit(":", 1)
-    flush = redis.Redis(host=host, port=int(port), db=REDIS_DB)
-    flush.flushdb()
-    db_name, registry_url = _postgres_db()
-    os.environ["MLPLATFORM_FEAST_REDIS"] = f"{REDIS},db={REDIS_DB}"
-    os.environ["MLPLATFORM_FEAST_REGISTRY"] = registry_url
     args.output.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            settings, model_dir, bodies = _prepare(work)
-            env = {
-                "MLPLATFORM_SERVING_MODEL_VERSION": "1",
-                "MLPLATFORM_SERVING_FEAST_REPO_PATH": str(settings.feast_repo),
-                "MLPLATFORM_SERVING_FEAST_CONFIG_FILE": settings.feast_config_file,
-                "MLPLATFORM_SERVING_FEAST_DATA_DIR": str(settings.feast_data),
-                "MLPLATFORM_SERVING_PREDICTION_LOG_DIR": str(work / "predictions"),
-            }
-            with start_local(model_dir, env=env, log_dir=work / "logs") as service:
-                pids = {name: p.pid for name, p in service.processes.items()}
-                profiled = profile(service.predict_url, bodies, pids, args.output, args.seconds)
-                results = {"machine": describe(), **profiled}
-    finally:
-        flush.flushdb()
-        _drop_db(db_name)
+    with contextlib.ExitStack() as stack:
+        work, model_dir, bodies, env = stack.enter_context(prepared_stack())
+        service = stack.enter_context(start_local(model_dir, env=env, log_dir=work / "logs"))
+        pids = {name: p.pid for name, p in service.processes.items()}
+        profiled = profile(service.predict_url, bodies, pids, args.output, args.seconds)
+        results = {"machine": describe(), **profiled}
     (args.output / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
