@@ -6,6 +6,7 @@ from kfp.dsl import Dataset
 from components.evaluate.component import evaluate
 from components.train_distributed.component import train_distributed
 from components.train_distributed.step import SHARED_MOUNT_PATH
+from pipelines.training import with_settings
 
 PIPELINE_NAME = "fraud-training-distributed"
 
@@ -63,6 +64,7 @@ def distributed_training_pipeline(
     trained.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2)
     trained.set_cpu_request("1").set_memory_request("4Gi").set_memory_limit("16Gi")
     kubernetes.mount_pvc(trained, pvc_name=shared_pvc_name, mount_path=SHARED_MOUNT_PATH)
+    with_settings(trained)  # the launcher's MLflow run: the pipeline runner's identity, as in the training pipeline
 
     evaluated = evaluate(
         model=trained.outputs["model"],
@@ -71,4 +73,5 @@ def distributed_training_pipeline(
         mlflow_run_id=trained.outputs["Output"],
     ).set_display_name("evaluate")
     evaluated.set_caching_options(False)
+    with_settings(evaluated)
     return evaluated.outputs["Output"]

@@ -17,6 +17,7 @@ import httpx
 from mlplatform.deploy.artifact import prepare_local, resolve
 from mlplatform.deploy.cluster import DeployResult, render_manifest, serving_env
 from mlplatform.errors import MlPlatformError
+from mlplatform.http import LOOPBACK, local_address
 from mlplatform.settings import PROJECT_ROOT, PlatformSettings
 
 
@@ -79,6 +80,7 @@ class LocalService:
         predictor_port: HTTP port of the predictor.
         predictor_grpc_port: gRPC (Open Inference Protocol v2) port of the predictor.
         log_dir: Where each process's stdout/stderr go.
+        host: Where a client on this machine reaches both processes (`client_host`).
     """
 
     model_name: str
@@ -87,14 +89,15 @@ class LocalService:
     predictor_grpc_port: int
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    host: str = LOOPBACK
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.transformer_port}"
+        return f"http://{self.host}:{self.transformer_port}"
 
     @property
     def predictor_url(self) -> str:
-        return f"http://127.0.0.1:{self.predictor_port}"
+        return f"http://{self.host}:{self.predictor_port}"
 
     @property
     def predict_url(self) -> str:
@@ -139,6 +142,17 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 _MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
+
+
+#: The serving processes' listen address (`ServingSettings.host`; mlplatform does not import serving).
+SERVING_HOST_VARIABLE = "MLPLATFORM_SERVING_HOST"
+
+
+def client_host(env: dict[str, str]) -> str:
+    """Where a client on this machine reaches serving processes started with `env`: the address they bind
+    (`MLPLATFORM_SERVING_HOST`, loopback unless set), or loopback for a wildcard address."""
+    host = local_address(env.get(SERVING_HOST_VARIABLE) or LOOPBACK)
+    return f"[{host}]" if ":" in host else host
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_seconds: float) -> None:
@@ -187,14 +201,15 @@ def start_local(
         ServingStartError: When a process exits early or does not become ready.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
+    full_env = _child_env(env)
     service = LocalService(
         model_name=model_name,
         transformer_port=transformer_port or free_port(),
         predictor_port=predictor_port or free_port(),
         predictor_grpc_port=predictor_grpc_port or free_port(),
         log_dir=log_dir,
+        host=client_host(full_env),
     )
-    full_env = _child_env(env)
     commands = {
         "predictor": [
             "-m",
@@ -206,7 +221,7 @@ def start_local(
         "transformer": [
             "-m",
             "serving.transformer",
-            f"--predictor_host=127.0.0.1:{service.predictor_port}",
+            f"--predictor_host={service.host}:{service.predictor_port}",
             f"--http_port={service.transformer_port}",
             "--enable_grpc=false",
         ],
@@ -223,7 +238,7 @@ def start_local(
                     stdin=subprocess.DEVNULL,
                 )
         for role, port in (("predictor", service.predictor_port), ("transformer", service.transformer_port)):
-            url = f"http://127.0.0.1:{port}/v2/models/{model_name}/ready"
+            url = f"http://{service.host}:{port}/v2/models/{model_name}/ready"
             _wait_ready(service.processes[role], url, log_dir / f"{role}.log", timeout_seconds)
     except BaseException:
         service.stop(timeout_seconds=10)

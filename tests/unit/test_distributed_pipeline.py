@@ -9,6 +9,7 @@ from kfp import components
 
 from components.train_distributed.step import SHARED_MOUNT_PATH
 from pipelines import compile_pipeline
+from pipelines.training import MLFLOW_CREDENTIALS_ENV, MLFLOW_CREDENTIALS_SECRET, SETTINGS_CONFIG_MAP
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,20 @@ def test_trainjob_launcher_mounts_the_shared_volume_and_is_retried(compiled) -> 
     mount = k8s["pvcMount"][0]
     assert mount["mountPath"] == SHARED_MOUNT_PATH
     assert mount["pvcNameParameter"]["componentInputParameter"] == "shared_pvc_name"
+
+
+def test_every_task_reads_the_settings_and_the_pipeline_runners_mlflow_credentials(compiled) -> None:
+    """The launcher creates an MLflow run and evaluate logs to it: both authenticate as the pipeline runner, as the
+    training pipeline's steps do (docs/adr/0017-registry-access-control.md), and read the cluster's settings."""
+    executors = compiled.platform_spec.platforms["kubernetes"].deployment_spec.executors
+    for task in ("train-distributed", "evaluate"):
+        executor = compiled.pipeline_spec.root.dag.tasks[task].component_ref.name.replace("comp-", "exec-")
+        platform = executors[executor]
+        [secret] = platform["secretAsEnv"]
+        assert secret["secretName"] == MLFLOW_CREDENTIALS_SECRET and secret["optional"] is True, task
+        assert {m["secretKey"]: m["envVar"] for m in secret["keyToEnv"]} == MLFLOW_CREDENTIALS_ENV, task
+        [config_map] = platform["configMapAsEnv"]
+        assert config_map["configMapName"] == SETTINGS_CONFIG_MAP, task
 
 
 def test_unknown_pipeline_name_is_refused(tmp_path: Path) -> None:

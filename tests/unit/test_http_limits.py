@@ -12,6 +12,7 @@ import pytest
 
 from mlplatform.feedback.webhook import WebhookSettings
 from mlplatform.http import LOOPBACK, Guard, HttpBodySettings, HttpServerSettings
+from mlplatform.local.serving import SERVING_HOST_VARIABLE, LocalService, client_host
 from mlplatform.monitoring.settings import MonitorSettings
 from serving.settings import ServingSettings
 
@@ -30,6 +31,22 @@ def test_each_process_listens_on_loopback_unless_its_setting_says_otherwise(
     monkeypatch.setenv(f"MLPLATFORM_{prefix}_HOST", "0.0.0.0")
     monkeypatch.setenv(f"MLPLATFORM_{prefix}_MAX_CONNECTIONS", "7")
     assert (settings().host, settings().max_connections) == ("0.0.0.0", 7)
+
+
+@pytest.mark.parametrize(
+    ("bound", "reached"),
+    [(None, "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("10.1.2.3", "10.1.2.3"), ("::1", "[::1]")],
+)
+def test_local_serving_is_reached_where_its_processes_listen(bound: str | None, reached: str) -> None:
+    """`mlplatform serve` checks readiness, points the transformer at the predictor and prints its URL at the address
+    the processes bind (MLPLATFORM_SERVING_HOST), not always at loopback."""
+    env = {SERVING_HOST_VARIABLE: bound} if bound else {}
+    host = client_host(env)
+    service = LocalService("m", 8080, 8085, 8086, Path("."), host=host)
+    assert host == reached
+    assert service.predict_url == f"http://{reached}:8080/v1/models/m:predict"
+    assert service.predictor_url == f"http://{reached}:8085"
+    assert f"{ServingSettings.model_config['env_prefix']}HOST" == SERVING_HOST_VARIABLE
 
 
 def test_the_serving_image_sets_every_process_to_listen_on_all_interfaces() -> None:
