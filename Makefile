@@ -35,7 +35,7 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 .PHONY: services
-services: ## install (Debian packages) and start Redis, PostgreSQL and Prometheus for the tests
+services: ## install (Debian packages, Maven Central) and start Redis, PostgreSQL, Prometheus and the Kafka broker for the tests
 	bash scripts/services.sh up
 
 .PHONY: services-down

@@ -69,8 +69,9 @@ print_env() {
 
 case "${1:-up}" in
   up) install_missing; redis_up; postgres_up
-      echo "services: redis on 127.0.0.1:$REDIS_PORT, postgres on 127.0.0.1:$PG_PORT ($(prometheus --version 2>&1 | head -n 1); $(prometheus-alertmanager --version 2>&1 | head -n 1))" ;;
-  down) down ;;
-  env) print_env ;;
+      echo "services: redis on 127.0.0.1:$REDIS_PORT, postgres on 127.0.0.1:$PG_PORT ($(prometheus --version 2>&1 | head -n 1); $(prometheus-alertmanager --version 2>&1 | head -n 1))"
+      bash "$ROOT/scripts/kafka.sh" up ;;
+  down) down; bash "$ROOT/scripts/kafka.sh" down ;;
+  env) print_env; bash "$ROOT/scripts/kafka.sh" env ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
 esac
