@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,41 @@ PREDICTIONS = Topic("mlplatform.predictions", 6, 30)
 LABELS = Topic("mlplatform.labels", 6, 180)
 DEAD_LETTER = Topic("mlplatform.dead-letter", 1, 30)
 TOPICS = (TRANSACTIONS, PREDICTIONS, LABELS, DEAD_LETTER)
+#: Version of the events' JSON shape, in every value (`schema_version`); consumers refuse what they do not know.
+SCHEMA_VERSION = 1
 
 _LOG = logging.getLogger(__name__)
 
 #: Delivery-report errors of messages the publisher itself took back (at close): spooled, not counted as refused.
 _PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+
+
+def ensure_topics(
+    bootstrap_servers: str, topics: tuple[Topic, ...] = TOPICS, timeout_seconds: float = 60.0
+) -> list[str]:
+    """Create the topics that do not exist yet (partitions and retention as declared; one replica, as on a local
+    broker: a cluster's topics come from the chart's Strimzi objects); returns the names created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": _LOG})
+    existing = set(admin.list_topics(timeout=timeout_seconds).topics)
+    missing = [t for t in topics if t.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(t.name, num_partitions=t.partitions, config={"retention.ms": str(t.retention_days * 86_400_000)})
+            for t in missing
+        ],
+        request_timeout=timeout_seconds,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout_seconds)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile by someone else
+                raise
+    return created
 
 
 class Publisher:
@@ -97,8 +128,9 @@ class Publisher:
 
     # ------------------------------------------------------------------ the caller's side
     def publish(self, topic: Topic, key: str | int, value: dict[str, Any]) -> None:
-        """Hand one event over; never blocks on the network and never raises for the broker's sake."""
-        data = json.dumps(value, separators=(",", ":"), default=str).encode()
+        """Hand one event over (`schema_version` is added); never blocks on the network and never raises for the
+        broker's sake."""
+        data = json.dumps({**value, "schema_version": SCHEMA_VERSION}, separators=(",", ":"), default=str).encode()
         self._send(topic.name, str(key).encode(), data)
 
     def backlog(self) -> int:

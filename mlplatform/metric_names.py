@@ -22,6 +22,8 @@ FALLBACKS = "mlplatform_prediction_fallbacks_total"
 MODEL_INFO = "mlplatform_model_info"
 PREDICTION_LOG_RECORDS = "mlplatform_prediction_log_records_total"
 PREDICTION_LOG_ERRORS = "mlplatform_prediction_log_errors_total"
+EVENT_BACKLOG = "mlplatform_event_backlog"
+EVENT_DELIVERY_ERRORS = "mlplatform_event_delivery_errors_total"
 
 # --- series read by queries ------------------------------------------------------------------------------------
 STAGE_SECONDS_BUCKET = f"{STAGE_SECONDS}_bucket"

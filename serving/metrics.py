@@ -127,6 +127,19 @@ class ServingMetrics:
             LABELS,
             registry=registry,
         )
+        self.event_backlog = Gauge(
+            names.EVENT_BACKLOG,
+            "Events (answered transactions and predictions) not acknowledged by Kafka yet: queued or spooled to "
+            "local disk while the broker is away (mlplatform.events).",
+            LABELS,
+            registry=registry,
+        )
+        self.event_delivery_errors = Counter(
+            names.EVENT_DELIVERY_ERRORS,
+            "Events the broker refused (kept in the spool and sent again).",
+            LABELS,
+            registry=registry,
+        )
         # Children bound once: a labels() lookup per observation costs more than the observation.
         # Every outcome exists from the start, so rates are never "no data".
         self._requests = {o: self.requests.labels(**self.labels, outcome=o) for o in OUTCOMES}

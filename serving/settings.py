@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.http import HttpBodySettings
@@ -67,6 +67,16 @@ class ServingSettings(HttpBodySettings, BaseSettings):
     prediction_log_flush_seconds: float = Field(
         default=0.2, gt=0, description="Longest time a record waits in memory before it is written."
     )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        description="Kafka brokers (host:port,...): when set, the transformer publishes each answered transaction "
+        "and its prediction to the event stream (docs/adr/0018-event-stream.md); unset publishes nothing.",
+    )
+    event_spool_dir: Path | None = Field(
+        default=None,
+        description="Where events wait on local disk while the broker cannot take them (needed with "
+        "kafka_bootstrap_servers; on a cluster a volume that outlives the container).",
+    )
     access_log: bool = Field(
         default=False,
         description="Log one line per request (uvicorn access log and KServe's timing lines); off by default: "
@@ -75,3 +85,12 @@ class ServingSettings(HttpBodySettings, BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="When set, every inference request needs `Authorization: Bearer <token>`."
     )
+
+    @model_validator(mode="after")
+    def _events_need_a_spool(self) -> ServingSettings:
+        if self.kafka_bootstrap_servers and self.event_spool_dir is None:
+            raise ValueError(
+                "MLPLATFORM_SERVING_KAFKA_BOOTSTRAP_SERVERS needs MLPLATFORM_SERVING_EVENT_SPOOL_DIR (where events "
+                "wait while the broker is away)"
+            )
+        return self

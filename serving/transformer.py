@@ -27,6 +27,7 @@ import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model, model_server
 from kserve.errors import InvalidInput
 
+from mlplatform.events import PREDICTIONS, TRANSACTIONS, Publisher
 from mlplatform.features.compute import (
     CUSTOMER_FEATURES,
     MERCHANT_FEATURES,
@@ -43,6 +44,8 @@ from serving.schema import Transaction, parse_v1, parse_v2_columns
 from serving.settings import ServingSettings
 
 CUSTOMER_VIEW, MERCHANT_VIEW = "customer_stats", "merchant_stats"
+#: What the transactions topic carries of each answered transaction (the stream feature processor's input).
+TRANSACTION_FIELDS = ("record_id", "transaction_id", "customer_id", "merchant_id", "amount", "event_unix_s")
 FEATURE_REFS = [f"{CUSTOMER_VIEW}:{f}" for f in CUSTOMER_FEATURES] + [f"{MERCHANT_VIEW}:{f}" for f in MERCHANT_FEATURES]
 
 
@@ -109,6 +112,7 @@ class FraudTransformer(Model):
         self.store = store
         self.metrics = metrics or ServingMetrics(name, settings.model_version, settings.role, "transformer")
         self.log: PredictionLog | None = None
+        self.events: Publisher | None = None
         self._session: Any = None  # aiohttp.ClientSession to the predictor, created in the server's loop
         self._async_reads = False
 
@@ -138,6 +142,15 @@ class FraudTransformer(Model):
                 on_written=lambda k: self.metrics.log_records.labels(**labels).inc(k),
                 on_error=lambda e: self.metrics.log_errors.labels(**labels).inc(),
             ).start()
+        if self.settings.kafka_bootstrap_servers is not None:
+            assert self.settings.event_spool_dir is not None  # ServingSettings requires it with Kafka
+            labels = self.metrics.labels
+            self.events = Publisher(
+                self.settings.kafka_bootstrap_servers,
+                self.settings.event_spool_dir,
+                on_delivery_error=lambda e: self.metrics.event_delivery_errors.labels(**labels).inc(),
+            )
+            self.metrics.event_backlog.labels(**labels).set_function(self.events.backlog)
         self.metrics.info("n/a")
         self.ready = True
         return self.ready
@@ -149,9 +162,12 @@ class FraudTransformer(Model):
         super().stop()
 
     def close(self) -> None:
-        """Final flush of the prediction log; called once the server has stopped."""
+        """Final flush of the prediction log, and of the events (what Kafka did not take stays spooled on disk for
+        the next process); called once the server has stopped."""
         if self.log is not None:
             self.log.close()
+        if self.events is not None:
+            self.events.close()
 
     async def _online_features(self, transactions: list[Transaction]) -> tuple[dict[str, list[Any]] | None, bool]:
         """Feature values per transaction, and whether the store failed (then None)."""
@@ -326,32 +342,38 @@ class FraudTransformer(Model):
         }
 
     def _log(self, scoring: Scoring, scores: list[float], decisions: list[bool]) -> None:
-        if self.log is None:
+        """Every answered transaction to the prediction log and, where Kafka is configured, to the event stream
+        (the same record on the predictions topic, the transaction on the transactions topic; key: customer)."""
+        if self.log is None and self.events is None:
             return
         now = datetime.now(UTC).isoformat()
         rows = scoring.rows.tolist()
-        self.log.append(
-            [
-                {
-                    "request_id": scoring.request_id,
-                    "record_id": t.transaction_id or f"{scoring.request_id}:{i}",
-                    "transaction_id": t.transaction_id,
-                    "served_at": now,
-                    "event_unix_s": t.event_unix_s,
-                    "model_name": self.name,
-                    "model_version": scoring.model_version,
-                    "role": scoring.role,
-                    "customer_id": t.customer_id,
-                    "merchant_id": t.merchant_id,
-                    "amount": t.amount,
-                    "features": dict(zip(MODEL_FEATURES, rows[i], strict=True)),
-                    "score": scores[i],
-                    "is_fraud": decisions[i],
-                    "flags": scoring.flags[i],
-                }
-                for i, t in enumerate(scoring.transactions)
-            ]
-        )
+        records = [
+            {
+                "request_id": scoring.request_id,
+                "record_id": t.transaction_id or f"{scoring.request_id}:{i}",
+                "transaction_id": t.transaction_id,
+                "served_at": now,
+                "event_unix_s": t.event_unix_s,
+                "model_name": self.name,
+                "model_version": scoring.model_version,
+                "role": scoring.role,
+                "customer_id": t.customer_id,
+                "merchant_id": t.merchant_id,
+                "amount": t.amount,
+                "features": dict(zip(MODEL_FEATURES, rows[i], strict=True)),
+                "score": scores[i],
+                "is_fraud": decisions[i],
+                "flags": scoring.flags[i],
+            }
+            for i, t in enumerate(scoring.transactions)
+        ]
+        if self.log is not None:
+            self.log.append(records)
+        if self.events is not None:
+            for r in records:
+                self.events.publish(PREDICTIONS, r["customer_id"], r)
+                self.events.publish(TRANSACTIONS, r["customer_id"], {k: r[k] for k in TRANSACTION_FIELDS})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ PostgreSQL) and predictor, called with real clients (tritonclient, KServe's REST
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -319,6 +320,104 @@ def test_graceful_stop_logs_every_answered_prediction_and_a_dead_predictor_means
     assert len(records) == answered == 120
     assert {r["model_version"] for r in records} == {served.version}
     assert set(records[0]["features"]) == set(MODEL_FEATURES)
+
+
+def _topic_end_offsets(address: str, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": address, "group.id": "offsets"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+def _read_from(address: str, topic: str, offsets: dict[int, int], expected: int) -> list[tuple[str, dict]]:
+    """(key, value) of the events of `topic` after `offsets`, until `expected` arrived and the topic is quiet."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": address, "group.id": "reader", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+    events: list[tuple[str, dict]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if len(events) >= expected:
+                    break
+                continue
+            assert msg.error() is None, msg.error()
+            events.append((msg.key().decode(), json.loads(msg.value())))
+    finally:
+        consumer.close()
+    return events
+
+
+def test_each_answered_transaction_and_its_prediction_is_published_once_to_kafka(
+    served: Served, tmp_path: Path
+) -> None:
+    """With Kafka configured the transformer publishes, keyed by customer, the prediction-log record of every
+    answered transaction to the predictions topic and the transaction to the transactions topic, exactly once; the
+    prediction log gets the same records; the backlog metric returns to 0 (docs/adr/0018-event-stream.md)."""
+    from mlplatform.events import PREDICTIONS, SCHEMA_VERSION, TRANSACTIONS, ensure_topics
+
+    address = os.environ.get("MLPLATFORM_TEST_KAFKA", "127.0.0.1:19092")
+    ensure_topics(address)
+    start = {t.name: _topic_end_offsets(address, t.name) for t in (PREDICTIONS, TRANSACTIONS)}
+    env = {
+        **serving_env(served.settings, served.version),
+        "MLPLATFORM_SERVING_PREDICTION_LOG_DIR": str(tmp_path / "p"),
+        "MLPLATFORM_SERVING_KAFKA_BOOTSTRAP_SERVERS": address,
+        "MLPLATFORM_SERVING_EVENT_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    service = start_local(served.model_dir, env=env, log_dir=tmp_path / "logs")
+    answered: dict[str, float] = {}
+    try:
+        pairs, t = _recent_pairs(served.raw, 5), _after_end(served)
+        with httpx.Client(timeout=10) as client:
+            for i in range(40):
+                c, m = pairs[i % len(pairs)]
+                txs = [
+                    {
+                        "transaction_id": f"tx-{i}-{k}",
+                        "customer_id": c,
+                        "merchant_id": m,
+                        "amount": 5.0 + k + i,
+                        "timestamp": t + i,
+                    }
+                    for k in range(2)
+                ]
+                r = client.post(service.predict_url, json={"instances": txs})
+                assert r.status_code == 200, r.text
+                answered.update({p["transaction_id"]: p["score"] for p in r.json()["predictions"]})
+
+            def backlog() -> float:
+                text = client.get(f"{service.url}/metrics").text
+                return sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("mlplatform_event_backlog{")
+                )
+
+            deadline = time.monotonic() + 30
+            while backlog() > 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert backlog() == 0
+    finally:
+        codes = service.stop()
+    assert codes["transformer"] == 0
+    predictions = _read_from(address, PREDICTIONS.name, start[PREDICTIONS.name], len(answered))
+    transactions = _read_from(address, TRANSACTIONS.name, start[TRANSACTIONS.name], len(answered))
+    ids = [v["transaction_id"] for _, v in predictions]
+    assert sorted(ids) == sorted(answered), f"{len(ids)} published for {len(answered)} answered"
+    assert {v["transaction_id"]: v["score"] for _, v in predictions} == answered
+    assert all(k == str(v["customer_id"]) and v["schema_version"] == SCHEMA_VERSION for k, v in predictions)
+    assert sorted(v["transaction_id"] for _, v in transactions) == sorted(answered)
+    logged = {r["transaction_id"]: r for r in read_records(tmp_path / "p")}
+    for _, v in predictions:
+        assert {k: v[k] for k in logged[v["transaction_id"]]} == logged[v["transaction_id"]]
 
 
 def test_cli_deploy_dry_run_prints_the_inference_service_and_refuses_what_a_cluster_cannot_fetch(

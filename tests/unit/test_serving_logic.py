@@ -216,3 +216,14 @@ def test_transformer_logs_and_answers_the_version_and_role_of_the_predictor_that
     assert (answer["model_version"], answer["role"]) == ("4", "canary")
     [record] = list(read_records(tmp_path))
     assert (record["model_version"], record["role"]) == ("4", "canary")
+
+
+def test_publishing_events_needs_a_spool_folder_named_in_the_error(tmp_path: Path) -> None:
+    """Kafka without a spool folder would have nowhere to keep events while the broker is away: refused at start."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="MLPLATFORM_SERVING_EVENT_SPOOL_DIR"):
+        ServingSettings(kafka_bootstrap_servers="kafka:9092")
+    settings = ServingSettings(kafka_bootstrap_servers="kafka:9092", event_spool_dir=tmp_path)
+    assert settings.event_spool_dir == tmp_path
+    assert ServingSettings().kafka_bootstrap_servers is None  # nothing is published unless configured
