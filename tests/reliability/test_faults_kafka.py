@@ -10,17 +10,20 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from mlplatform.events import PREDICTIONS, Publisher
+from mlplatform.events import PREDICTIONS, TRANSACTIONS, Publisher, ensure_topics
+from tests.reliability.stack import TOKEN, Stack, record_result
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +64,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     admin.create_topics([NewTopic(PREDICTIONS.name, num_partitions=3, replication_factor=1)])[PREDICTIONS.name].result(
         60
     )
+    ensure_topics(b.address, (TRANSACTIONS,))
     try:
         yield b
     finally:
@@ -76,11 +80,11 @@ def _wait(condition, seconds: float, what: str) -> None:  # type: ignore[no-unty
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _consume_all(address: str, expected: int) -> dict[str, list[int]]:
-    """Every event of the predictions topic, by key, in partition order."""
+def _consume_all(address: str, expected: int, field: str = "seq") -> dict[str, list]:
+    """`field` of every event of the predictions topic, by key, in partition order."""
     consumer = Consumer({"bootstrap.servers": address, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
     consumer.assign([TopicPartition(PREDICTIONS.name, p, 0) for p in range(3)])
-    by_key: dict[str, list[int]] = defaultdict(list)
+    by_key: dict[str, list] = defaultdict(list)
     seen = 0
     deadline = time.monotonic() + 60
     try:
@@ -91,7 +95,7 @@ def _consume_all(address: str, expected: int) -> dict[str, list[int]]:
                     break
                 continue
             assert msg.error() is None, msg.error()
-            by_key[msg.key().decode()].append(json.loads(msg.value())["seq"])
+            by_key[msg.key().decode()].append(json.loads(msg.value())[field])
             seen += 1
     finally:
         consumer.close()
@@ -143,3 +147,82 @@ def test_what_is_unsent_at_close_is_spooled_and_sent_by_the_next_publisher(broke
     _publish(second, range(300, 320))
     assert second.close() == 0
     _exactly_once_in_order(_consume_all(broker.address, 320), 320)
+
+
+RATE = 100.0
+OUTAGE_SECONDS = 30.0
+
+
+def test_the_endpoint_answers_through_a_broker_outage_and_every_prediction_arrives_once(
+    broker: Broker, stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 15 item 6: the broker stopped for 30 s under 100 RPS: no client error, the backlog drains once it is
+    back, and every answered prediction is in the predictions topic exactly once."""
+    import httpx
+
+    service = stack.serve(
+        "kafka-outage",
+        auth_token=TOKEN,
+        kafka_bootstrap_servers=broker.address,
+        event_spool_dir=str(tmp_path / "spool"),
+    )
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    template = stack.valid_transactions(1)[0]
+    statuses: dict[int, int] = {}
+    answered: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def send(client: httpx.Client, i: int) -> None:
+        tx = {**template, "transaction_id": f"outage-{i}", "amount": 10.0 + i % 50}
+        try:
+            r = client.post(service.predict_url, json={"instances": [tx]}, headers=headers)
+            status = r.status_code
+        except httpx.HTTPError:
+            status = 0
+        with lock:
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                answered[tx["transaction_id"]] = r.json()["predictions"][0]["score"]
+
+    def backlog(client: httpx.Client) -> float:
+        text = client.get(f"{service.url}/metrics").text
+        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith("mlplatform_event_backlog{"))
+
+    stop = threading.Event()
+    phases: dict[str, float] = {}
+
+    def outage(client: httpx.Client) -> None:
+        time.sleep(5)
+        broker.down()
+        phases["down_at"] = time.monotonic()
+        time.sleep(OUTAGE_SECONDS)
+        phases["backlog_before_broker_back"] = backlog(client)
+        broker.up()
+        phases["up_at"] = time.monotonic()
+        time.sleep(5)
+        stop.set()
+
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(16) as pool:
+        chaos = threading.Thread(target=outage, args=(client,))
+        chaos.start()
+        start, i = time.monotonic(), 0
+        while not stop.is_set():
+            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
+            pool.submit(send, client, i)
+            i += 1
+        pool.shutdown(wait=True)
+        chaos.join()
+        peak = backlog(client)
+        _wait(lambda: backlog(client) == 0, 90, "the transformer's event backlog to drain")
+        drained = time.monotonic() - phases["up_at"]
+    codes = service.stop()
+    figures = {"requests": i, "statuses": statuses, "outage_seconds": OUTAGE_SECONDS, "rate": RATE}
+    figures.update({"backlog_before_broker_back": phases["backlog_before_broker_back"], "backlog_after_load": peak})
+    figures["drained_seconds_after_broker_back"] = round(drained, 1)
+    assert statuses == {200: i}, f"client errors during the outage: {figures}"
+    assert figures["backlog_before_broker_back"] >= 2 * RATE * OUTAGE_SECONDS * 0.9, f"events not held: {figures}"
+    assert codes["transformer"] == 0
+    published = [tx for ids in _consume_all(broker.address, len(answered), "transaction_id").values() for tx in ids]
+    figures.update({"published": len(published), "distinct": len(set(published))})
+    record_result("kafka_outage", figures)
+    assert sorted(published) == sorted(answered), f"lost or duplicated predictions: {figures}"
