@@ -148,6 +148,7 @@ class FraudTransformer(Model):
             self.events = Publisher(
                 self.settings.kafka_bootstrap_servers,
                 self.settings.event_spool_dir,
+                config=self.settings.kafka_client_config(),
                 on_delivery_error=lambda e: self.metrics.event_delivery_errors.labels(**labels).inc(),
             )
             self.metrics.event_backlog.labels(**labels).set_function(self.events.backlog)

@@ -485,3 +485,78 @@ def test_notes_say_how_to_reach_each_endpoint(tmp_path) -> None:
     assert "fraudDetector.enabled=true" in notes and "helm test mlplatform" in notes
     assert "http://mlplatform-webhook.mlplatform.svc.cluster.local:9109/alerts" in notes
     assert "port-forward svc/kube-prometheus-stack-grafana 3000:80" in notes
+
+
+KAFKA = {
+    "kafka": {
+        "enabled": True,
+        "bootstrapServers": "events-kafka-bootstrap:9093",
+        "securityProtocol": "SASL_SSL",
+        "tls": {"caSecret": "events-cluster-ca-cert"},
+        "sasl": {"existingSecret": "mlplatform-serving"},
+        "strimzi": {"cluster": "events"},
+    }
+}
+
+
+def _transformer(isvc: dict[str, Any]) -> dict[str, Any]:
+    """The transformer's container of an InferenceService, in either layout."""
+    spec = isvc["spec"]
+    containers = spec.get("transformer", {}).get("containers", []) + spec["predictor"].get("containers", [])
+    [container] = [c for c in containers if c.get("command", [])[-1:] == ["serving.transformer"]]
+    return container
+
+
+@pytest.mark.parametrize("layout", ["collocated", "separate"])
+def test_kafka_by_reference_gives_the_transformer_its_settings_spool_and_credentials(layout: str) -> None:
+    """The chart takes Kafka by reference: the transformer gets every MLPLATFORM_SERVING_KAFKA_* setting it reads
+    (names checked against ServingSettings), the password from the user's Secret, the CA from the cluster's, and a
+    spool volume; the Strimzi KafkaTopics and KafkaUser are valid against the Strimzi CRDs (ADR 0018)."""
+    from serving.settings import ServingSettings
+
+    manifest = kube.helm_template("production", kube.WITH_MODEL, KAFKA, {"fraudDetector": {"layout": layout}})
+    summary = kube.kubeconform(manifest)["summary"]
+    assert summary["valid"] == len(objects(manifest)) and summary["errors"] == summary["invalid"] == 0
+    container = _transformer(find(objects(manifest), "InferenceService"))
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    kafka_env = {k for k in env if "KAFKA" in k or "EVENT" in k}
+    fields = {f"{ServingSettings.model_config['env_prefix']}{name.upper()}" for name in ServingSettings.model_fields}
+    assert kafka_env <= fields, f"settings the transformer does not read: {sorted(kafka_env - fields)}"
+    assert env["MLPLATFORM_SERVING_KAFKA_BOOTSTRAP_SERVERS"] == "events-kafka-bootstrap:9093"
+    assert env["MLPLATFORM_SERVING_KAFKA_SASL_PASSWORD"] == {
+        "secretKeyRef": {"name": "mlplatform-serving", "key": "password"}
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["event-spool"] == env["MLPLATFORM_SERVING_EVENT_SPOOL_DIR"]
+    assert env["MLPLATFORM_SERVING_KAFKA_SSL_CA_LOCATION"].startswith(mounts["kafka-ca"])
+    plain = kube.helm_template("production", kube.WITH_MODEL, {"fraudDetector": {"layout": layout}})
+    assert "KAFKA" not in yaml.safe_dump(_transformer(find(objects(plain), "InferenceService")))
+
+
+def test_strimzi_topics_are_the_ones_the_code_declares_and_the_user_may_only_publish() -> None:
+    from mlplatform.events import PREDICTIONS, TOPICS, TRANSACTIONS
+
+    docs = objects(kube.helm_template("default", KAFKA))
+    topics = {
+        d["spec"]["topicName"]: (d["spec"]["partitions"], d["spec"]["config"]["retention.ms"])
+        for d in docs
+        if d["kind"] == "KafkaTopic"
+    }
+    assert topics == {t.name: (t.partitions, t.retention_days * 86_400_000) for t in TOPICS}
+    assert all(d["metadata"]["labels"]["strimzi.io/cluster"] == "events" for d in docs if d["kind"] == "KafkaTopic")
+    user = find(docs, "KafkaUser")
+    acls = user["spec"]["authorization"]["acls"]
+    assert {a["resource"].get("name") for a in acls if a["resource"]["type"] == "topic"} == {
+        TRANSACTIONS.name,
+        PREDICTIONS.name,
+    }
+    assert {op for a in acls for op in a["operations"]} == {"Write", "Describe", "IdempotentWrite"}
+    assert not [d for d in objects(kube.helm_template("default")) if d["kind"].startswith("Kafka")]
+
+
+def test_kafka_without_brokers_or_sasl_credentials_fails_with_the_fix() -> None:
+    with pytest.raises(AssertionError, match="kafka.enabled needs kafka.bootstrapServers"):
+        kube.helm("template", "default", kube.WITH_MODEL, {"kafka": {"enabled": True}})
+    no_secret = {"kafka": {**KAFKA["kafka"], "sasl": {"existingSecret": ""}}}
+    with pytest.raises(AssertionError, match="needs kafka.sasl.existingSecret"):
+        kube.helm("template", "default", kube.WITH_MODEL, no_secret)

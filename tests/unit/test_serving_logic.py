@@ -227,3 +227,26 @@ def test_publishing_events_needs_a_spool_folder_named_in_the_error(tmp_path: Pat
     settings = ServingSettings(kafka_bootstrap_servers="kafka:9092", event_spool_dir=tmp_path)
     assert settings.event_spool_dir == tmp_path
     assert ServingSettings().kafka_bootstrap_servers is None  # nothing is published unless configured
+
+
+def test_kafka_tls_and_sasl_settings_become_the_clients_and_sasl_needs_credentials(tmp_path: Path) -> None:
+    base = {"kafka_bootstrap_servers": "kafka:9093", "event_spool_dir": tmp_path}
+    assert ServingSettings(**base).kafka_client_config() == {"security.protocol": "PLAINTEXT"}
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="MLPLATFORM_SERVING_KAFKA_SASL_USERNAME"):
+        ServingSettings(**base, kafka_security_protocol="SASL_SSL")
+    settings = ServingSettings(
+        **base,
+        kafka_security_protocol="SASL_SSL",
+        kafka_ssl_ca_location=tmp_path / "ca.crt",
+        kafka_sasl_username="mlplatform-serving",
+        kafka_sasl_password="s3cret",
+    )
+    assert settings.kafka_client_config() == {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(tmp_path / "ca.crt"),
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "mlplatform-serving",
+        "sasl.password": "s3cret",
+    }

@@ -225,6 +225,7 @@ and where its version and role come from.
     {{- include "mlplatform.feast.env" . | nindent 4 }}
     - name: MLPLATFORM_SERVING_PREDICTION_LOG_DIR
       value: /var/lib/mlplatform/predictions
+    {{- include "mlplatform.kafka.env" . | nindent 4 }}
     {{- with $fd.transformer.authToken.existingSecret }}
     - name: MLPLATFORM_SERVING_AUTH_TOKEN
       valueFrom:
@@ -251,6 +252,15 @@ and where its version and role come from.
       mountPath: /tmp
     - name: prediction-log
       mountPath: /var/lib/mlplatform/predictions
+    {{- if .Values.kafka.enabled }}
+    - name: event-spool
+      mountPath: /var/lib/mlplatform/events
+    {{- with .Values.kafka.tls.caSecret }}
+    - name: kafka-ca
+      mountPath: /etc/mlplatform/kafka-ca
+      readOnly: true
+    {{- end }}
+    {{- end }}
 {{- end }}
 
 {{/* The volumes of the pod the transformer runs in: /tmp, and the prediction log (an emptyDir or a claim). */}}
@@ -267,4 +277,46 @@ and where its version and role come from.
   emptyDir:
     sizeLimit: {{ $fd.predictionLog.emptyDirSizeLimit }}
   {{- end }}
+{{- if .Values.kafka.enabled }}
+# events wait here while the brokers are away; an emptyDir outlives container restarts (not the pod)
+- name: event-spool
+  emptyDir:
+    sizeLimit: {{ .Values.kafka.spoolSizeLimit }}
+{{- with .Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.kafka.tls.caSecretKey }}
+        path: ca.crt
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The transformer's Kafka settings (serving/settings.py MLPLATFORM_SERVING_KAFKA_*), when kafka.enabled. */}}
+{{- define "mlplatform.kafka.env" -}}
+{{- $k := .Values.kafka -}}
+{{- if $k.enabled }}
+- name: MLPLATFORM_SERVING_KAFKA_BOOTSTRAP_SERVERS
+  value: {{ required "kafka.enabled needs kafka.bootstrapServers (host:port of the brokers)" $k.bootstrapServers | quote }}
+- name: MLPLATFORM_SERVING_EVENT_SPOOL_DIR
+  value: /var/lib/mlplatform/events
+- name: MLPLATFORM_SERVING_KAFKA_SECURITY_PROTOCOL
+  value: {{ $k.securityProtocol }}
+{{- if $k.tls.caSecret }}
+- name: MLPLATFORM_SERVING_KAFKA_SSL_CA_LOCATION
+  value: /etc/mlplatform/kafka-ca/ca.crt
+{{- end }}
+{{- if hasPrefix "SASL" $k.securityProtocol }}
+- name: MLPLATFORM_SERVING_KAFKA_SASL_MECHANISM
+  value: {{ $k.sasl.mechanism }}
+- name: MLPLATFORM_SERVING_KAFKA_SASL_USERNAME
+  value: {{ $k.sasl.username | quote }}
+- name: MLPLATFORM_SERVING_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.securityProtocol SASL_* needs kafka.sasl.existingSecret (the user's password)" $k.sasl.existingSecret }}
+      key: {{ $k.sasl.existingSecretKey }}
+{{- end }}
+{{- end }}
 {{- end }}
