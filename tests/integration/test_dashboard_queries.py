@@ -80,6 +80,8 @@ def serving_registry(component: str) -> CollectorRegistry:
     m.feature_lookup_seconds.labels(**m.labels).observe(0.001)
     m.log_records.labels(**m.labels).inc()
     m.log_errors.labels(**m.labels).inc()
+    m.event_backlog.labels(**m.labels).set(0)  # the transformer's publisher, where Kafka is configured
+    m.event_delivery_errors.labels(**m.labels).inc()
     return registry
 
 
