@@ -6,7 +6,7 @@
 from datetime import timedelta
 
 import pandas as pd
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
@@ -33,20 +33,24 @@ customer_source = FileSource(
     path="sources/customer_stats.parquet",
     timestamp_field="event_timestamp",
 )
+# The stream feature processor (mlplatform/features/stream.py) pushes each customer's fresh aggregates here:
+# they go to the online store at once and are appended to customer_source (the offline history).
+customer_push = PushSource(name="customer_stats_push", batch_source=customer_source)
 merchant_source = FileSource(
     name="merchant_stats_source",
     path="sources/merchant_stats.parquet",
     timestamp_field="event_timestamp",
 )
 
-# A customer's spending aggregates, updated after each of their transactions. A row older than
-# the TTL is not served (an inactive customer then looks like a new one).
+# A customer's spending aggregates, updated after each of their transactions: by materialization from the
+# batch source (the pipeline's features step) and, where the event stream runs, by pushes within a second of
+# the transaction. A row older than the TTL is not served (an inactive customer then looks like a new one).
 customer_stats = FeatureView(
     name="customer_stats",
     entities=[customer],
     ttl=timedelta(days=30),
     schema=[Field(name=f, dtype=Int64 if f.startswith("cust_txn_count") else Float64) for f in F.CUSTOMER_FEATURES],
-    source=customer_source,
+    source=customer_push,
     online=True,
     tags={"owner": "fraud-ml", "grain": "per transaction"},
 )

@@ -37,7 +37,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 # outside one they listen on loopback unless told otherwise (mlplatform.http.HttpServerSettings.host).
 ENV MLPLATFORM_SERVING_HOST=0.0.0.0 \
     MLPLATFORM_MONITOR_HOST=0.0.0.0 \
-    MLPLATFORM_WEBHOOK_HOST=0.0.0.0
+    MLPLATFORM_WEBHOOK_HOST=0.0.0.0 \
+    MLPLATFORM_STREAM_HOST=0.0.0.0
 WORKDIR /app
 EXPOSE 8080 8081
 USER 10001:10001

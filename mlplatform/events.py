@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Topic:
     retention_days: int
 
 
-TRANSACTIONS = Topic("mlplatform.transactions", 6, 7)
+#: 31 days: the stream feature processor rebuilds its customers' 30-day windows from this topic when it (re)starts.
+TRANSACTIONS = Topic("mlplatform.transactions", 6, 31)
 PREDICTIONS = Topic("mlplatform.predictions", 6, 30)
 LABELS = Topic("mlplatform.labels", 6, 180)
 DEAD_LETTER = Topic("mlplatform.dead-letter", 1, 30)
@@ -49,6 +51,53 @@ TOPICS = (TRANSACTIONS, PREDICTIONS, LABELS, DEAD_LETTER)
 SCHEMA_VERSION = 1
 
 _LOG = logging.getLogger(__name__)
+
+
+class KafkaConnection(BaseModel):
+    """How a process reaches the brokers: a mixin of the settings of every process that uses the stream.
+
+    Each field is read with its settings class's prefix (`MLPLATFORM_SERVING_KAFKA_...` for the transformer,
+    `MLPLATFORM_STREAM_KAFKA_...` for the stream feature processor).
+    """
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, description="Kafka brokers (host:port,...) of the event stream (docs/adr/0018-event-stream.md)."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How this process connects to the brokers (TLS and/or SASL)."
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None, description="CA certificate file of the brokers (TLS); unset uses the system's CAs."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism with the SASL_* protocols (Strimzi's: SCRAM-SHA-512)."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="This process's Kafka user (SASL).")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="That user's password (SASL).")
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings of the connection beyond the brokers' addresses (TLS, SASL)."""
+        config = {"security.protocol": self.kafka_security_protocol}
+        if self.kafka_ssl_ca_location is not None:
+            config["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        if self.kafka_security_protocol.startswith("SASL"):
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        return config
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaConnection:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            prefix = str(getattr(self, "model_config", {}).get("env_prefix") or "")
+            raise ValueError(
+                f"{prefix}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                f"{prefix}KAFKA_SASL_USERNAME and {prefix}KAFKA_SASL_PASSWORD"
+            )
+        return self
+
 
 #: Delivery-report errors of messages the publisher itself took back (at close): spooled, not counted as refused.
 _PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
@@ -79,7 +128,29 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile by someone else
                 raise
+    _wait_for_leaders(admin, [t.name for t in missing], timeout_seconds)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_seconds: float) -> None:
+    """Return once every partition of the topics has a leader: right after creation the broker still elects them,
+    and a client asking then gets NOT_LEADER_FOR_PARTITION."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        topics = admin.list_topics(timeout=timeout_seconds).topics
+        pending = [
+            n
+            for n in names
+            if n not in topics
+            or topics[n].error is not None
+            or not topics[n].partitions
+            or any(p.leader < 0 or p.error is not None for p in topics[n].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without a leader after {timeout_seconds:.0f}s: {pending}")
+        time.sleep(0.1)
 
 
 class Publisher:

@@ -25,6 +25,14 @@ PREDICTION_LOG_ERRORS = "mlplatform_prediction_log_errors_total"
 EVENT_BACKLOG = "mlplatform_event_backlog"
 EVENT_DELIVERY_ERRORS = "mlplatform_event_delivery_errors_total"
 
+# --- families of the stream feature processor (mlplatform/features/stream.py) -----------------------------------
+STREAM_EVENTS = "mlplatform_stream_events_total"
+STREAM_PUSH_ERRORS = "mlplatform_stream_push_errors_total"
+STREAM_PUSH_SECONDS = "mlplatform_stream_push_seconds"
+STREAM_FRESHNESS_SECONDS = "mlplatform_stream_freshness_seconds"
+STREAM_STATE_EVENTS = "mlplatform_stream_state_events"
+STREAM_LAST_COMMIT = "mlplatform_stream_last_commit_timestamp_seconds"
+
 # --- series read by queries ------------------------------------------------------------------------------------
 STAGE_SECONDS_BUCKET = f"{STAGE_SECONDS}_bucket"
 SCORE_BUCKET = f"{SCORE}_bucket"

@@ -44,7 +44,8 @@ from serving.schema import Transaction, parse_v1, parse_v2_columns
 from serving.settings import ServingSettings
 
 CUSTOMER_VIEW, MERCHANT_VIEW = "customer_stats", "merchant_stats"
-#: What the transactions topic carries of each answered transaction (the stream feature processor's input).
+#: What the transactions topic carries of each answered transaction (the stream feature processor's input), besides
+#: the merchant's category from the online store (null for an unknown merchant).
 TRANSACTION_FIELDS = ("record_id", "transaction_id", "customer_id", "merchant_id", "amount", "event_unix_s")
 FEATURE_REFS = [f"{CUSTOMER_VIEW}:{f}" for f in CUSTOMER_FEATURES] + [f"{MERCHANT_VIEW}:{f}" for f in MERCHANT_FEATURES]
 
@@ -372,9 +373,12 @@ class FraudTransformer(Model):
         if self.log is not None:
             self.log.append(records)
         if self.events is not None:
-            for r in records:
+            categories = scoring.features["merchant_category"]  # the stream feature processor's category shares
+            for r, category in zip(records, categories, strict=True):
                 self.events.publish(PREDICTIONS, r["customer_id"], r)
-                self.events.publish(TRANSACTIONS, r["customer_id"], {k: r[k] for k in TRANSACTION_FIELDS})
+                transaction = {k: r[k] for k in TRANSACTION_FIELDS}
+                transaction["merchant_category"] = None if category is None else int(category)
+                self.events.publish(TRANSACTIONS, r["customer_id"], transaction)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,7 +98,7 @@ def customer_features(transactions: pd.DataFrame) -> pd.DataFrame:
 
     Args:
         transactions: Raw transactions (`customer_id`, `merchant_category`, `amount`,
-            `event_timestamp`).
+            `event_timestamp`); a category outside 0..N_CATEGORIES-1 (unknown) counts in no category's share.
 
     Returns:
         `customer_id`, `event_timestamp` and the columns of `CUSTOMER_FEATURES`.
@@ -118,12 +118,21 @@ def customer_features(transactions: pd.DataFrame) -> pd.DataFrame:
     window_start = {w: np.searchsorted(key, key - w, side="right") for w in set(CUSTOMER_WINDOWS_S.values())}
 
     def window_sum(values: np.ndarray, window_s: int) -> np.ndarray:
-        csum = np.concatenate([np.zeros((1, *values.shape[1:])), np.cumsum(values, axis=0)])
-        return csum[idx + 1] - csum[window_start[window_s]]
+        """Each row's sum over its window, added up from the window's own values only.
+
+        Not a difference of running sums: that carries the rounding of every row before the window (other
+        customers' included), so the stream feature processor, which holds only its customers' recent rows,
+        would get other low digits (a standard deviation of 0 came out as 1e-5).
+        """
+        padded = np.concatenate([values, np.zeros((1, *values.shape[1:]))])
+        bounds = np.empty(2 * n, np.int64)
+        bounds[0::2] = window_start[window_s]
+        bounds[1::2] = idx + 1
+        return np.add.reduceat(padded, bounds, axis=0)[0::2] if n else values[:0]
 
     out = pd.DataFrame({"customer_id": cust})
     for name, w in CUSTOMER_WINDOWS_S.items():
-        out[f"cust_txn_count_{name}"] = window_sum(np.ones(n), w)
+        out[f"cust_txn_count_{name}"] = idx + 1 - window_start[w]
     w30 = CUSTOMER_WINDOWS_S["30d"]
     count30 = out["cust_txn_count_30d"].to_numpy()
     s1 = window_sum(amount, w30)
@@ -133,7 +142,9 @@ def customer_features(transactions: pd.DataFrame) -> pd.DataFrame:
     out["cust_amount_std_30d"] = np.sqrt(np.maximum(s2 / count30 - mean**2, 0.0))
     out["cust_last_txn_unix_s"] = t
     onehot = np.zeros((n, N_CATEGORIES))
-    onehot[np.arange(n), tx["merchant_category"].to_numpy(np.int64)] = 1.0
+    category = tx["merchant_category"].to_numpy(np.int64)
+    known = (category >= 0) & (category < N_CATEGORIES)  # a stream event of an unknown merchant carries -1
+    onehot[idx[known], category[known]] = 1.0
     shares = window_sum(onehot, w30) / count30[:, None]
     for c, col in enumerate(CATEGORY_SHARE_COLUMNS):
         out[col] = shares[:, c]

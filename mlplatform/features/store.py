@@ -110,11 +110,16 @@ def source_dir(data_dir: Path) -> Path:
 
 
 def write_sources(data_dir: Path, customer_stats: pd.DataFrame, merchant_stats: pd.DataFrame) -> None:
-    """Write the batch sources the feature views read."""
+    """Write the batch sources the feature views read.
+
+    Timestamps are stored to the microsecond: DuckDB, through which Feast appends pushed rows to a file source,
+    reads a nanosecond timestamp with a time zone back as text, and the file would then hold text timestamps.
+    """
     out = source_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    customer_stats.to_parquet(out / "customer_stats.parquet", index=False)
-    merchant_stats.to_parquet(out / "merchant_stats.parquet", index=False)
+    for frame, name in ((customer_stats, "customer_stats"), (merchant_stats, "merchant_stats")):
+        frame = frame.assign(event_timestamp=frame["event_timestamp"].astype("datetime64[us, UTC]"))
+        frame.to_parquet(out / f"{name}.parquet", index=False)
 
 
 def materialize(store: FeatureStore, start: datetime, end: datetime) -> None:

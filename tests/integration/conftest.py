@@ -11,11 +11,15 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 REDIS_ADDR = os.environ.get("MLPLATFORM_TEST_REDIS", "127.0.0.1:16379")
+KAFKA_ADDR = os.environ.get("MLPLATFORM_TEST_KAFKA", "127.0.0.1:19092")
+#: Upper bound of each wait on the broker; every loop ends as soon as its condition holds.
+WAIT_SECONDS = 60.0
 POSTGRES_URL = os.environ.get("MLPLATFORM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:15432/postgres")
 _START_HINT = "start the local services with `make services` (scripts/services.sh up)"
 
@@ -125,3 +129,38 @@ def postgres_databases(postgres_url: str) -> Iterator[Callable[[str], PostgresDb
     yield create
     for name in created:
         drop_database(postgres_url, name)
+
+
+@pytest.fixture(scope="session")
+def kafka_admin() -> Any:
+    """An admin client of the test Kafka broker (MLPLATFORM_TEST_KAFKA); fails (not skips) when it does not answer."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    client = AdminClient({"bootstrap.servers": KAFKA_ADDR})
+    try:
+        client.list_topics(timeout=5)
+    except KafkaException as exc:
+        pytest.fail(f"Kafka at {KAFKA_ADDR} (MLPLATFORM_TEST_KAFKA) is not reachable: {exc}; {_START_HINT}")
+    return client
+
+
+@pytest.fixture
+def kafka_topic(kafka_admin: Any) -> Iterator[Callable[[int], str]]:
+    """Makes new topics unique to the test (the argument: partitions), deleted afterwards."""
+    from confluent_kafka.admin import NewTopic
+
+    made: list[str] = []
+
+    def make(partitions: int) -> str:
+        name = f"mlplatform-test-{uuid.uuid4().hex}"
+        kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(
+            timeout=WAIT_SECONDS
+        )
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        for future in kafka_admin.delete_topics(made).values():
+            future.result(timeout=WAIT_SECONDS)

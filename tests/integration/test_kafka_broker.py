@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.integration.conftest import KAFKA_ADDR, WAIT_SECONDS
 
 pytestmark = pytest.mark.integration
 
-KAFKA_ADDR = os.environ.get("MLPLATFORM_TEST_KAFKA", "127.0.0.1:19092")
-_START_HINT = "start the local services with `make services` (scripts/services.sh up, or scripts/kafka.sh up)"
 PARTITIONS = 3
 KEYS = [f"customer-{i}" for i in range(10)]
 MESSAGES = 100
-#: Upper bound of each wait on the broker; every loop ends as soon as its condition holds.
-WAIT_SECONDS = 60.0
-
-
-@pytest.fixture(scope="module")
-def admin() -> AdminClient:
-    """An admin client of the test broker; fails (not skips) when the broker does not answer."""
-    client = AdminClient({"bootstrap.servers": KAFKA_ADDR})
-    try:
-        client.list_topics(timeout=5)
-    except KafkaException as exc:
-        pytest.fail(f"Kafka at {KAFKA_ADDR} (MLPLATFORM_TEST_KAFKA) is not reachable: {exc}; {_START_HINT}")
-    return client
 
 
 @pytest.fixture
-def topic(admin: AdminClient) -> Iterator[str]:
+def topic(kafka_topic: Callable[[int], str]) -> str:
     """A new topic with three partitions, unique to the test, deleted afterwards."""
-    name = f"mlplatform-test-{uuid.uuid4().hex}"
-    admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])[name].result(
-        timeout=WAIT_SECONDS
-    )
-    yield name
-    admin.delete_topics([name])[name].result(timeout=WAIT_SECONDS)
+    return kafka_topic(PARTITIONS)
 
 
 def produce_keyed(topic: str) -> dict[str, int]:

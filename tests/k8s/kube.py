@@ -32,6 +32,21 @@ WITH_MODEL: dict[str, Any] = {
         "model": {"version": "3", "storageUri": "s3://mlflow/1/0123456789abcdef/artifacts/model"},
     }
 }
+#: Kafka by reference, as for a Strimzi cluster named "events" with its TLS listener and SCRAM users (ADR 0018).
+WITH_KAFKA: dict[str, Any] = {
+    "kafka": {
+        "enabled": True,
+        "bootstrapServers": "events-kafka-bootstrap:9093",
+        "securityProtocol": "SASL_SSL",
+        "tls": {"caSecret": "events-cluster-ca-cert"},
+        "sasl": {"existingSecret": "mlplatform-serving"},
+        "strimzi": {"cluster": "events"},
+    }
+}
+#: The stream feature processor on that Kafka (ADR 0019), with its user's password Secret.
+WITH_STREAM_FEATURES: dict[str, Any] = {
+    "streamFeatures": {"enabled": True, "sasl": {"existingSecret": "mlplatform-stream-features"}}
+}
 #: The Kubernetes version everything is validated for: the kind node image of scripts/cluster.sh.
 KUBERNETES_VERSION = "1.35.0"
 NAMESPACE = "mlplatform"

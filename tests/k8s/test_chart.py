@@ -487,16 +487,7 @@ def test_notes_say_how_to_reach_each_endpoint(tmp_path) -> None:
     assert "port-forward svc/kube-prometheus-stack-grafana 3000:80" in notes
 
 
-KAFKA = {
-    "kafka": {
-        "enabled": True,
-        "bootstrapServers": "events-kafka-bootstrap:9093",
-        "securityProtocol": "SASL_SSL",
-        "tls": {"caSecret": "events-cluster-ca-cert"},
-        "sasl": {"existingSecret": "mlplatform-serving"},
-        "strimzi": {"cluster": "events"},
-    }
-}
+KAFKA = kube.WITH_KAFKA
 
 
 def _transformer(isvc: dict[str, Any]) -> dict[str, Any]:
@@ -560,3 +551,72 @@ def test_kafka_without_brokers_or_sasl_credentials_fails_with_the_fix() -> None:
     no_secret = {"kafka": {**KAFKA["kafka"], "sasl": {"existingSecret": ""}}}
     with pytest.raises(AssertionError, match="needs kafka.sasl.existingSecret"):
         kube.helm("template", "default", kube.WITH_MODEL, no_secret)
+
+
+def test_stream_feature_processor_deploys_as_a_consumer_group_with_health_metrics_pdb_and_a_read_only_user() -> None:
+    """Its own Deployment (replicas share the partitions), /healthz probes and a PodMonitor on the port it serves,
+    a PodDisruptionBudget, every MLPLATFORM_STREAM_* setting one StreamSettings reads, the password from the
+    user's Secret, and a KafkaUser that may read transactions and write dead letters only: all valid against the
+    Kubernetes, Prometheus Operator and Strimzi schemas (ADR 0019)."""
+    from mlplatform.events import DEAD_LETTER, TRANSACTIONS
+    from mlplatform.features.stream import StreamSettings
+    from mlplatform.settings import PlatformSettings
+
+    manifest = kube.helm_template("production", kube.WITH_MODEL, KAFKA, kube.WITH_STREAM_FEATURES)
+    summary = kube.kubeconform(manifest)["summary"]
+    assert summary["valid"] == len(objects(manifest)) and summary["errors"] == summary["invalid"] == 0
+    docs = objects(manifest)
+    name = "mlplatform-stream-features"
+    [deployment] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
+    assert deployment["spec"]["replicas"] == 2
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    stream = {f"{StreamSettings.model_config['env_prefix']}{n.upper()}" for n in StreamSettings.model_fields}
+    platform = {f"{PlatformSettings.model_config['env_prefix']}{n.upper()}" for n in PlatformSettings.model_fields}
+    # read by feature_store_redis_postgres.yaml (the password through $(MLPLATFORM_FEAST_REDIS_PASSWORD) in the URL)
+    feast = {"MLPLATFORM_FEAST_REGISTRY", "MLPLATFORM_FEAST_REDIS", "MLPLATFORM_FEAST_REDIS_PASSWORD"}
+    unread = set(env) - stream - platform - feast - {"HOME"}
+    assert not unread, f"settings nothing reads: {sorted(unread)}"
+    StreamSettings.model_validate(  # the rendered values are valid settings
+        {k.removeprefix("MLPLATFORM_STREAM_").lower(): v for k, v in env.items() if k in stream and isinstance(v, str)}
+        | {"kafka_sasl_password": "x"}
+    )
+    assert env["MLPLATFORM_STREAM_KAFKA_SASL_PASSWORD"] == {
+        "secretKeyRef": {"name": "mlplatform-stream-features", "key": "password"}
+    }
+    port = int(env["MLPLATFORM_STREAM_PORT"])
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == name]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    [monitor] = [d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"] == name]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    [user] = [d for d in docs if d["kind"] == "KafkaUser" and d["metadata"]["name"] == name]
+    grants = {
+        (a["resource"]["type"], a["resource"].get("name"), op)
+        for a in user["spec"]["authorization"]["acls"]
+        for op in a["operations"]
+    }
+    assert grants == {
+        ("topic", TRANSACTIONS.name, "Read"),
+        ("topic", TRANSACTIONS.name, "Describe"),
+        ("group", "mlplatform-stream-features", "Read"),
+        ("topic", DEAD_LETTER.name, "Write"),
+        ("topic", DEAD_LETTER.name, "Describe"),
+        ("cluster", None, "IdempotentWrite"),
+    }
+    one = kube.helm_template("default", KAFKA, kube.WITH_STREAM_FEATURES, {"streamFeatures": {"replicaCount": 1}})
+    assert not [d for d in objects(one) if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == name]
+    assert name not in kube.helm_template("default", KAFKA)
+
+
+def test_stream_feature_processor_without_kafka_feast_or_its_password_fails_with_the_fix() -> None:
+    with pytest.raises(AssertionError, match="streamFeatures.enabled needs kafka.enabled"):
+        kube.helm("template", "default", kube.WITH_STREAM_FEATURES)
+    no_secret = {"streamFeatures": {"enabled": True, "sasl": {"existingSecret": ""}}}
+    with pytest.raises(AssertionError, match="needs streamFeatures.sasl.existingSecret"):
+        kube.helm("template", "default", KAFKA, no_secret)

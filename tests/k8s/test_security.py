@@ -46,11 +46,15 @@ def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], list[d
 KUSTOMIZATIONS = ("manifests/overlays/kind", "manifests/overlays/production", "manifests/dev-services")
 #: Every manifest stream we ship: each Helm profile and each kustomization (rendered when a test runs, not
 #: at collection, so that collecting the suite starts no tool).
-SOURCES = [f"helm:{profile}" for profile, _ in CASES] + list(KUSTOMIZATIONS)
+#: The production profile with the event stream on (Kafka by reference and the stream feature processor).
+EVENTS = "helm:production+events"
+SOURCES = [f"helm:{profile}" for profile, _ in CASES] + [EVENTS] + list(KUSTOMIZATIONS)
 
 
 @functools.cache
 def manifest_of(source: str) -> str:
+    if source == EVENTS:
+        return kube.helm_template("production", kube.WITH_MODEL, kube.WITH_KAFKA, kube.WITH_STREAM_FEATURES)
     if source.startswith("helm:"):
         profile = source.removeprefix("helm:")
         return kube.helm_template(profile, kube.WITH_MODEL if dict(CASES)[profile] else {})

@@ -293,30 +293,39 @@ and where its version and role come from.
 {{- end }}
 {{- end }}
 
-{{/* The transformer's Kafka settings (serving/settings.py MLPLATFORM_SERVING_KAFKA_*), when kafka.enabled. */}}
-{{- define "mlplatform.kafka.env" -}}
-{{- $k := .Values.kafka -}}
-{{- if $k.enabled }}
-- name: MLPLATFORM_SERVING_KAFKA_BOOTSTRAP_SERVERS
+{{/*
+How a process reaches the brokers (mlplatform/events.py KafkaConnection), under its settings' prefix: call with
+(dict "context" $ "prefix" "MLPLATFORM_SERVING_" "username" <Kafka user> "existingSecret" <its password's Secret> "secretValue" <the value naming it>).
+*/}}
+{{- define "mlplatform.kafka.connectionEnv" -}}
+{{- $k := .context.Values.kafka -}}
+- name: {{ .prefix }}KAFKA_BOOTSTRAP_SERVERS
   value: {{ required "kafka.enabled needs kafka.bootstrapServers (host:port of the brokers)" $k.bootstrapServers | quote }}
-- name: MLPLATFORM_SERVING_EVENT_SPOOL_DIR
-  value: /var/lib/mlplatform/events
-- name: MLPLATFORM_SERVING_KAFKA_SECURITY_PROTOCOL
+- name: {{ .prefix }}KAFKA_SECURITY_PROTOCOL
   value: {{ $k.securityProtocol }}
 {{- if $k.tls.caSecret }}
-- name: MLPLATFORM_SERVING_KAFKA_SSL_CA_LOCATION
+- name: {{ .prefix }}KAFKA_SSL_CA_LOCATION
   value: /etc/mlplatform/kafka-ca/ca.crt
 {{- end }}
 {{- if hasPrefix "SASL" $k.securityProtocol }}
-- name: MLPLATFORM_SERVING_KAFKA_SASL_MECHANISM
+- name: {{ .prefix }}KAFKA_SASL_MECHANISM
   value: {{ $k.sasl.mechanism }}
-- name: MLPLATFORM_SERVING_KAFKA_SASL_USERNAME
-  value: {{ $k.sasl.username | quote }}
-- name: MLPLATFORM_SERVING_KAFKA_SASL_PASSWORD
+- name: {{ .prefix }}KAFKA_SASL_USERNAME
+  value: {{ .username | quote }}
+- name: {{ .prefix }}KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ required "kafka.securityProtocol SASL_* needs kafka.sasl.existingSecret (the user's password)" $k.sasl.existingSecret }}
+      name: {{ required (printf "kafka.securityProtocol SASL_* needs %s (the Secret with Kafka user %s's password)" .secretValue .username) .existingSecret }}
       key: {{ $k.sasl.existingSecretKey }}
 {{- end }}
+{{- end }}
+
+{{/* The transformer's Kafka settings (serving/settings.py MLPLATFORM_SERVING_*), when kafka.enabled. */}}
+{{- define "mlplatform.kafka.env" -}}
+{{- $k := .Values.kafka -}}
+{{- if $k.enabled }}
+{{ include "mlplatform.kafka.connectionEnv" (dict "context" . "prefix" "MLPLATFORM_SERVING_" "username" $k.sasl.username "existingSecret" $k.sasl.existingSecret "secretValue" "kafka.sasl.existingSecret") }}
+- name: MLPLATFORM_SERVING_EVENT_SPOOL_DIR
+  value: /var/lib/mlplatform/events
 {{- end }}
 {{- end }}

@@ -1,0 +1,305 @@
+"""The stream feature processor against the real Kafka broker and a real Feast store (SQLite online, DuckDB offline).
+
+Generated transactions are published as the transformer publishes them (keyed by customer, JSON with the schema
+version); the processor consumes them as a consumer group and pushes through the Feast push source. What it
+writes is compared with `compute.customer_features` over the same transactions, the batch features step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from components.features.step import run_features
+from mlplatform.events import SCHEMA_VERSION
+from mlplatform.features.compute import CUSTOMER_FEATURES, customer_features, unix_seconds
+from mlplatform.features.store import open_store, source_dir
+from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings
+from mlplatform.settings import PlatformSettings
+from tests.integration.conftest import KAFKA_ADDR, WAIT_SECONDS, free_port
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+
+
+@pytest.fixture(scope="module")
+def prepared_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
+    """3,000 generated transactions over 12 days; the raw snapshot of the first 8 days as the pipeline left it."""
+    from mlplatform.data.generator import GeneratorConfig, generate_transactions
+
+    tx = generate_transactions(GeneratorConfig(n_transactions=3_000, n_days=12, seed=11))
+    work = tmp_path_factory.mktemp("stream-raw")
+    raw = work / "history.parquet"
+    cutoff = tx["event_timestamp"].min() + pd.Timedelta(days=8)
+    tx[tx["event_timestamp"] < cutoff].to_parquet(raw, index=False)
+    return tx, raw
+
+
+def feature_store(tmp_path: Path, raw: Path) -> PlatformSettings:
+    """A work dir whose Feast store the features step built from the history (sources, apply, materialize)."""
+    settings = PlatformSettings(work_dir=tmp_path / "work")
+    run_features(raw, settings)
+    return settings
+
+
+def publish(topic: str, tx: pd.DataFrame, extra: list[tuple[bytes, bytes]] = ()) -> None:
+    """The transactions as transformer events (keyed by customer), then `extra` (key, raw value) messages."""
+    producer = Producer({"bootstrap.servers": KAFKA_ADDR, "enable.idempotence": True, "linger.ms": 5})
+    t = unix_seconds(tx["event_timestamp"])
+    for i, row in enumerate(tx.itertuples(index=False)):
+        value = {
+            "record_id": row.transaction_id,
+            "transaction_id": row.transaction_id,
+            "customer_id": int(row.customer_id),
+            "merchant_id": int(row.merchant_id),
+            "merchant_category": int(row.merchant_category),
+            "amount": float(row.amount),
+            "event_unix_s": float(t[i]),
+            "schema_version": SCHEMA_VERSION,
+        }
+        producer.produce(topic, json.dumps(value).encode(), str(int(row.customer_id)).encode())
+        producer.poll(0)
+    for key, raw in extra:
+        producer.produce(topic, raw, key)
+    assert producer.flush(WAIT_SECONDS) == 0
+
+
+def settings_for(topic: str, dead_letter: str, group: str, batch_size: int = 500) -> StreamSettings:
+    return StreamSettings(
+        kafka_bootstrap_servers=KAFKA_ADDR,
+        transactions_topic=topic,
+        dead_letter_topic=dead_letter,
+        group_id=group,
+        batch_size=batch_size,
+        port=0,
+    )
+
+
+def run_until(processor: StreamFeatureProcessor, done: Callable[[], bool]) -> None:
+    """Run the processor on a thread until `done()` holds (or the wait runs out), then stop it."""
+    thread = threading.Thread(target=processor.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    try:
+        while not done():
+            assert thread.is_alive(), "the processor stopped by itself"
+            assert time.monotonic() < deadline, "the processor did not get through the topic in time"
+            time.sleep(0.1)
+    finally:
+        processor.stop_event.set()
+        thread.join(timeout=30)
+
+
+def group_done(topic: str, group: str) -> bool:
+    """The group has committed every partition of the topic up to its end."""
+    from confluent_kafka import TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": KAFKA_ADDR, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        committed = consumer.committed(parts, timeout=10)
+        return all(c.offset == consumer.get_watermark_offsets(c, timeout=10)[1] for c in committed)
+    finally:
+        consumer.close()
+
+
+def counted(processor: StreamFeatureProcessor, outcome: str) -> float:
+    return processor.registry.get_sample_value("mlplatform_stream_events_total", {"outcome": outcome}) or 0.0
+
+
+def online_rows(settings: PlatformSettings, customers: list[int]) -> pd.DataFrame:
+    store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
+    got = store.get_online_features(
+        features=[f"customer_stats:{f}" for f in CUSTOMER_FEATURES],
+        entity_rows=[{"customer_id": c} for c in customers],
+    ).to_df()
+    return got.set_index("customer_id").loc[customers]
+
+
+def assert_online_equals_batch(settings: PlatformSettings, tx: pd.DataFrame) -> None:
+    """Every customer's online row equals the batch step's latest row for them, within 1e-6."""
+    truth = customer_features(tx).groupby("customer_id").last()
+    customers = [int(c) for c in truth.index]
+    got = online_rows(settings, customers)
+    for f in CUSTOMER_FEATURES:
+        np.testing.assert_allclose(
+            got[f].to_numpy(np.float64), truth.loc[customers, f].to_numpy(np.float64), rtol=0, atol=1e-6, err_msg=f
+        )
+
+
+def test_processor_pushes_the_batch_steps_rows_to_the_offline_and_online_store_and_dead_letters_poison(
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_topic: Callable[[int], str]
+) -> None:
+    tx, raw = prepared_small
+    settings = feature_store(tmp_path, raw)
+    topic, dead = kafka_topic(PARTITIONS), kafka_topic(1)
+    poison = [
+        (b"1", b"not json"),
+        (b"2", json.dumps({"record_id": "x", "customer_id": 2, "amount": 1.0, "event_unix_s": 1.0}).encode()),
+        (b"3", json.dumps({"schema_version": SCHEMA_VERSION, "record_id": "y", "customer_id": "three"}).encode()),
+    ]
+    # Half, the poison, then the rest: the consumer goes on past the bad messages.
+    half = len(tx) // 2
+    publish(topic, tx.iloc[:half], poison)
+    publish(topic, tx.iloc[half:])
+    store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
+    processor = StreamFeatureProcessor(settings_for(topic, dead, "g1"), FeastSink(store))
+    run_until(processor, lambda: counted(processor, "pushed") + counted(processor, "dead_letter") >= len(tx) + 3)
+    assert counted(processor, "pushed") == len(tx)
+    assert counted(processor, "dead_letter") == 3
+    assert processor.registry.get_sample_value("mlplatform_stream_push_errors_total") == 0
+
+    # Offline: every row of the batch step over all transactions is in the customer source, with its values.
+    truth = customer_features(tx).set_index(["customer_id", "event_timestamp"]).sort_index()
+    offline = pd.read_parquet(source_dir(settings.feast_data) / "customer_stats.parquet")
+    offline = offline.set_index(["customer_id", "event_timestamp"]).sort_index()
+    assert set(truth.index) <= set(offline.index)
+    got = offline.loc[truth.index]
+    for f in CUSTOMER_FEATURES:
+        # Duplicates (the history's batch rows and the pushed ones) must agree with the truth, each of them.
+        np.testing.assert_allclose(
+            got[f].to_numpy(np.float64),
+            truth[f].reindex(got.index).to_numpy(np.float64),
+            rtol=0,
+            atol=1e-6,
+            err_msg=f,
+        )
+    assert_online_equals_batch(settings, tx)
+
+    # The dead letters: the original bytes, with where they came from and why.
+    consumer = Consumer({"bootstrap.servers": KAFKA_ADDR, "group.id": "dl-reader", "auto.offset.reset": "earliest"})
+    consumer.subscribe([dead])
+    letters = []
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(letters) < 3 and time.monotonic() < deadline:
+        m = consumer.poll(1.0)
+        if m is not None and m.error() is None:
+            letters.append(m)
+    consumer.close()
+    assert sorted(m.value() for m in letters) == sorted(v for _, v in poison)
+    headers = [dict(m.headers()) for m in letters]
+    assert all(h["mlplatform.topic"] == topic.encode() for h in headers)
+    reasons = sorted(h["mlplatform.error"].decode() for h in headers)
+    assert any("not JSON" in r for r in reasons)
+    assert any("schema_version None" in r for r in reasons)
+    assert any("customer_id must be an integer" in r for r in reasons)
+
+
+def test_a_second_group_replaying_the_topic_pushes_the_same_rows(
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_topic: Callable[[int], str]
+) -> None:
+    """Replaying a partition is idempotent: duplicates of events are skipped, rows pushed again are the same."""
+    tx, raw = prepared_small
+    settings = feature_store(tmp_path, raw)
+    topic, dead = kafka_topic(PARTITIONS), kafka_topic(1)
+    # Every event twice (a transformer's spool replayed after a restart): the duplicates change nothing.
+    publish(topic, tx)
+    publish(topic, tx.iloc[: len(tx) // 3])
+    store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
+    pushes: list[pd.DataFrame] = []
+
+    class Recording(FeastSink):
+        def push(self, rows: pd.DataFrame) -> None:
+            pushes.append(rows.copy())
+            super().push(rows)
+
+    total = len(tx) + len(tx) // 3
+    for group in ("first", "replay"):
+        pushes.clear()
+        p = StreamFeatureProcessor(settings_for(topic, dead, group), Recording(store))
+        run_until(p, lambda p=p: counted(p, "pushed") + counted(p, "duplicate") >= total)
+        assert counted(p, "pushed") == len(tx)
+        assert counted(p, "duplicate") == len(tx) // 3
+        rows = pd.concat(pushes).drop_duplicates(["customer_id", "event_timestamp"], keep="last")
+        if group == "first":
+            first = rows.set_index(["customer_id", "event_timestamp"]).sort_index()
+    replay = rows.set_index(["customer_id", "event_timestamp"]).sort_index()
+    pd.testing.assert_frame_equal(first, replay)
+    assert_online_equals_batch(settings, tx)
+
+
+def test_a_processor_killed_mid_stream_resumes_from_committed_offsets_and_ends_identical(
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_topic: Callable[[int], str]
+) -> None:
+    """`mlplatform features stream` killed with SIGKILL after some batches; a new one finishes the topic."""
+    tx, raw = prepared_small
+    settings = feature_store(tmp_path, raw)
+    topic, dead = kafka_topic(PARTITIONS), kafka_topic(1)
+    publish(topic, tx)
+    env = {
+        **os.environ,
+        "MLPLATFORM_WORK_DIR": str(settings.resolved_work_dir),
+        "MLPLATFORM_STREAM_KAFKA_BOOTSTRAP_SERVERS": KAFKA_ADDR,
+        "MLPLATFORM_STREAM_TRANSACTIONS_TOPIC": topic,
+        "MLPLATFORM_STREAM_DEAD_LETTER_TOPIC": dead,
+        "MLPLATFORM_STREAM_GROUP_ID": "killed",
+        "MLPLATFORM_STREAM_BATCH_SIZE": "50",
+        "MLPLATFORM_STREAM_SESSION_TIMEOUT_SECONDS": "6",  # the killed member's partitions move on sooner
+    }
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlplatform.cli", "features", "stream", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return proc, port
+
+    def pushed(port: int) -> float:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return 0.0
+        lines = [x for x in text.splitlines() if x.startswith('mlplatform_stream_events_total{outcome="pushed"}')]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    proc, port = start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    try:
+        while pushed(port) < 300:  # some batches committed, most of the topic still ahead
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "the processor pushed nothing in time"
+            time.sleep(0.05)
+        first_run = pushed(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert first_run < len(tx), "killed too late to show anything: the first run finished the topic"
+
+    proc, port = start()
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        # The second run processes what was not committed: the rest of the topic and the killed run's last batch.
+        while not group_done(topic, "killed"):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "the restarted processor did not finish the topic in time"
+            time.sleep(0.1)
+        second_run = pushed(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+    # Resumed, not restarted: the second run did not push the committed part again.
+    assert second_run <= len(tx) - first_run + 50 * PARTITIONS, (first_run, second_run)
+    assert_online_equals_batch(settings, tx)
