@@ -72,8 +72,17 @@ class KafkaConnection(BaseModel):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
         default="SCRAM-SHA-512", description="SASL mechanism with the SASL_* protocols (Strimzi's: SCRAM-SHA-512)."
     )
+    kafka_topic_prefix: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Put before every topic name (tenants or test runs sharing one broker); empty on a cluster.",
+    )
     kafka_sasl_username: str | None = Field(default=None, description="This process's Kafka user (SASL).")
     kafka_sasl_password: SecretStr | None = Field(default=None, description="That user's password (SASL).")
+
+    def topic_name(self, topic: Topic) -> str:
+        """The name `topic` has on this process's brokers (with `kafka_topic_prefix`)."""
+        return self.kafka_topic_prefix + topic.name
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings of the connection beyond the brokers' addresses (TLS, SASL)."""
@@ -104,18 +113,24 @@ _PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
 
 
 def ensure_topics(
-    bootstrap_servers: str, topics: tuple[Topic, ...] = TOPICS, timeout_seconds: float = 60.0
+    bootstrap_servers: str, topics: tuple[Topic, ...] = TOPICS, timeout_seconds: float = 60.0, prefix: str = ""
 ) -> list[str]:
     """Create the topics that do not exist yet (partitions and retention as declared; one replica, as on a local
-    broker: a cluster's topics come from the chart's Strimzi objects); returns the names created."""
+    broker: a cluster's topics come from the chart's Strimzi objects); returns the names created.
+
+    `prefix` goes before every name (`KafkaConnection.kafka_topic_prefix`)."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": _LOG})
     existing = set(admin.list_topics(timeout=timeout_seconds).topics)
-    missing = [t for t in topics if t.name not in existing]
+    missing = [t for t in topics if prefix + t.name not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
         [
-            NewTopic(t.name, num_partitions=t.partitions, config={"retention.ms": str(t.retention_days * 86_400_000)})
+            NewTopic(
+                prefix + t.name,
+                num_partitions=t.partitions,
+                config={"retention.ms": str(t.retention_days * 86_400_000)},
+            )
             for t in missing
         ],
         request_timeout=timeout_seconds,
@@ -128,7 +143,7 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile by someone else
                 raise
-    _wait_for_leaders(admin, [t.name for t in missing], timeout_seconds)
+    _wait_for_leaders(admin, [prefix + t.name for t in missing], timeout_seconds)
     return created
 
 
@@ -162,6 +177,7 @@ class Publisher:
         max_queued: Events the producer holds in memory before new ones go to the spool.
         config: More librdkafka settings (TLS/SASL from the chart's Secret).
         on_delivery_error: Called with the error of a message the broker refused for good (counted, spooled).
+        topic_prefix: Put before every topic name (`KafkaConnection.kafka_topic_prefix`).
     """
 
     def __init__(
@@ -172,7 +188,9 @@ class Publisher:
         max_queued: int = 100_000,
         config: dict[str, Any] | None = None,
         on_delivery_error: Callable[[KafkaError], None] | None = None,
+        topic_prefix: str = "",
     ) -> None:
+        self._prefix = topic_prefix
         self._config = {
             "bootstrap.servers": bootstrap_servers,
             "enable.idempotence": True,  # implies acks=all and retries without duplicates
@@ -202,7 +220,7 @@ class Publisher:
         """Hand one event over (`schema_version` is added); never blocks on the network and never raises for the
         broker's sake."""
         data = json.dumps({**value, "schema_version": SCHEMA_VERSION}, separators=(",", ":"), default=str).encode()
-        self._send(topic.name, str(key).encode(), data)
+        self._send(self._prefix + topic.name, str(key).encode(), data)
 
     def backlog(self) -> int:
         """Events not acknowledged by the broker yet: in the producer's queue or in the spool."""

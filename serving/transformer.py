@@ -151,6 +151,7 @@ class FraudTransformer(Model):
                 self.settings.event_spool_dir,
                 config=self.settings.kafka_client_config(),
                 on_delivery_error=lambda e: self.metrics.event_delivery_errors.labels(**labels).inc(),
+                topic_prefix=self.settings.kafka_topic_prefix,
             )
             self.metrics.event_backlog.labels(**labels).set_function(self.events.backlog)
         self.metrics.info("n/a")

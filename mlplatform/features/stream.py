@@ -62,10 +62,6 @@ class StreamSettings(HttpServerSettings, KafkaConnection, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLPLATFORM_STREAM_", extra="forbid")
 
     group_id: str = Field(default="mlplatform-stream-features", min_length=1, description="Kafka consumer group.")
-    transactions_topic: str = Field(default=TRANSACTIONS.name, min_length=1, description="The topic consumed.")
-    dead_letter_topic: str = Field(
-        default=DEAD_LETTER.name, min_length=1, description="Where messages that are not transaction events go."
-    )
     batch_size: int = Field(default=2000, ge=1, le=100_000, description="Most events processed and pushed at once.")
     poll_seconds: float = Field(
         default=0.2, gt=0, le=10, description="Longest wait for a batch to fill: bounds the freshness lag it adds."
@@ -334,7 +330,9 @@ class StreamFeatureProcessor:
     # ------------------------------------------------------------------ running
     def run(self) -> None:
         """Consume until `stop_event` is set; then commit nothing more and leave the group."""
-        self._consumer.subscribe([self.settings.transactions_topic], on_assign=self._assigned, on_revoke=self._revoked)
+        self._consumer.subscribe(
+            [self.settings.topic_name(TRANSACTIONS)], on_assign=self._assigned, on_revoke=self._revoked
+        )
         try:
             while not self.stop_event.is_set():
                 self.poll_once()
@@ -444,7 +442,7 @@ class StreamFeatureProcessor:
     def _dead_letter(self, message: Message, reason: str) -> None:
         _LOG.warning("dead letter %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), reason)
         self._dead.produce(
-            self.settings.dead_letter_topic,
+            self.settings.topic_name(DEAD_LETTER),
             message.value(),
             message.key(),
             headers={
@@ -475,7 +473,7 @@ class StreamFeatureProcessor:
             {**self._config, "group.id": f"{self.settings.group_id}-rebuild", "enable.partition.eof": True}
         )
         try:
-            reader.assign([TopicPartition(self.settings.transactions_topic, partition, OFFSET_BEGINNING)])
+            reader.assign([TopicPartition(self.settings.topic_name(TRANSACTIONS), partition, OFFSET_BEGINNING)])
             done = False
             while not done:
                 chunk = []

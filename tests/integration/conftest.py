@@ -164,3 +164,18 @@ def kafka_topic(kafka_admin: Any) -> Iterator[Callable[[int], str]]:
     if made:
         for future in kafka_admin.delete_topics(made).values():
             future.result(timeout=WAIT_SECONDS)
+
+
+@pytest.fixture
+def kafka_prefix(kafka_admin: Any) -> Iterator[str]:
+    """A topic prefix unique to the test, with the platform's topics created under it (`ensure_topics`); the
+    topics are deleted afterwards. Processes given it as `kafka_topic_prefix` see no other test's events."""
+    from mlplatform.events import ensure_topics
+
+    prefix = f"test-{uuid.uuid4().hex[:12]}."
+    ensure_topics(KAFKA_ADDR, prefix=prefix)
+    yield prefix
+    names = [n for n in kafka_admin.list_topics(timeout=WAIT_SECONDS).topics if n.startswith(prefix)]
+    if names:
+        for future in kafka_admin.delete_topics(names).values():
+            future.result(timeout=WAIT_SECONDS)

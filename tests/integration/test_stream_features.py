@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from components.features.step import run_features
-from mlplatform.events import SCHEMA_VERSION
+from mlplatform.events import DEAD_LETTER, SCHEMA_VERSION, TRANSACTIONS
 from mlplatform.features.compute import CUSTOMER_FEATURES, customer_features, unix_seconds
 from mlplatform.features.store import open_store, source_dir
 from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings
@@ -33,7 +33,7 @@ from tests.integration.conftest import KAFKA_ADDR, WAIT_SECONDS, free_port
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 3
+PARTITIONS = TRANSACTIONS.partitions
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +78,10 @@ def publish(topic: str, tx: pd.DataFrame, extra: list[tuple[bytes, bytes]] = ())
     assert producer.flush(WAIT_SECONDS) == 0
 
 
-def settings_for(topic: str, dead_letter: str, group: str, batch_size: int = 500) -> StreamSettings:
+def settings_for(prefix: str, group: str, batch_size: int = 500) -> StreamSettings:
     return StreamSettings(
         kafka_bootstrap_servers=KAFKA_ADDR,
-        transactions_topic=topic,
-        dead_letter_topic=dead_letter,
+        kafka_topic_prefix=prefix,
         group_id=group,
         batch_size=batch_size,
         port=0,
@@ -142,11 +141,11 @@ def assert_online_equals_batch(settings: PlatformSettings, tx: pd.DataFrame) -> 
 
 
 def test_processor_pushes_the_batch_steps_rows_to_the_offline_and_online_store_and_dead_letters_poison(
-    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_topic: Callable[[int], str]
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_prefix: str
 ) -> None:
     tx, raw = prepared_small
     settings = feature_store(tmp_path, raw)
-    topic, dead = kafka_topic(PARTITIONS), kafka_topic(1)
+    topic, dead = kafka_prefix + TRANSACTIONS.name, kafka_prefix + DEAD_LETTER.name
     poison = [
         (b"1", b"not json"),
         (b"2", json.dumps({"record_id": "x", "customer_id": 2, "amount": 1.0, "event_unix_s": 1.0}).encode()),
@@ -157,7 +156,7 @@ def test_processor_pushes_the_batch_steps_rows_to_the_offline_and_online_store_a
     publish(topic, tx.iloc[:half], poison)
     publish(topic, tx.iloc[half:])
     store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
-    processor = StreamFeatureProcessor(settings_for(topic, dead, "g1"), FeastSink(store))
+    processor = StreamFeatureProcessor(settings_for(kafka_prefix, "g1"), FeastSink(store))
     run_until(processor, lambda: counted(processor, "pushed") + counted(processor, "dead_letter") >= len(tx) + 3)
     assert counted(processor, "pushed") == len(tx)
     assert counted(processor, "dead_letter") == 3
@@ -200,12 +199,12 @@ def test_processor_pushes_the_batch_steps_rows_to_the_offline_and_online_store_a
 
 
 def test_a_second_group_replaying_the_topic_pushes_the_same_rows(
-    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_topic: Callable[[int], str]
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_prefix: str
 ) -> None:
     """Replaying a partition is idempotent: duplicates of events are skipped, rows pushed again are the same."""
     tx, raw = prepared_small
     settings = feature_store(tmp_path, raw)
-    topic, dead = kafka_topic(PARTITIONS), kafka_topic(1)
+    topic = kafka_prefix + TRANSACTIONS.name
     # Every event twice (a transformer's spool replayed after a restart): the duplicates change nothing.
     publish(topic, tx)
     publish(topic, tx.iloc[: len(tx) // 3])
@@ -220,7 +219,7 @@ def test_a_second_group_replaying_the_topic_pushes_the_same_rows(
     total = len(tx) + len(tx) // 3
     for group in ("first", "replay"):
         pushes.clear()
-        p = StreamFeatureProcessor(settings_for(topic, dead, group), Recording(store))
+        p = StreamFeatureProcessor(settings_for(kafka_prefix, group), Recording(store))
         run_until(p, lambda p=p: counted(p, "pushed") + counted(p, "duplicate") >= total)
         assert counted(p, "pushed") == len(tx)
         assert counted(p, "duplicate") == len(tx) // 3
@@ -233,19 +232,18 @@ def test_a_second_group_replaying_the_topic_pushes_the_same_rows(
 
 
 def test_a_processor_killed_mid_stream_resumes_from_committed_offsets_and_ends_identical(
-    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_topic: Callable[[int], str]
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_prefix: str
 ) -> None:
     """`mlplatform features stream` killed with SIGKILL after some batches; a new one finishes the topic."""
     tx, raw = prepared_small
     settings = feature_store(tmp_path, raw)
-    topic, dead = kafka_topic(PARTITIONS), kafka_topic(1)
+    topic = kafka_prefix + TRANSACTIONS.name
     publish(topic, tx)
     env = {
         **os.environ,
         "MLPLATFORM_WORK_DIR": str(settings.resolved_work_dir),
         "MLPLATFORM_STREAM_KAFKA_BOOTSTRAP_SERVERS": KAFKA_ADDR,
-        "MLPLATFORM_STREAM_TRANSACTIONS_TOPIC": topic,
-        "MLPLATFORM_STREAM_DEAD_LETTER_TOPIC": dead,
+        "MLPLATFORM_STREAM_KAFKA_TOPIC_PREFIX": kafka_prefix,
         "MLPLATFORM_STREAM_GROUP_ID": "killed",
         "MLPLATFORM_STREAM_BATCH_SIZE": "50",
         "MLPLATFORM_STREAM_SESSION_TIMEOUT_SECONDS": "6",  # the killed member's partitions move on sooner
