@@ -35,6 +35,7 @@ from mlplatform.features.compute import (
     model_input_arrays,
     on_demand_arrays,
 )
+from mlplatform.features.stream import transaction_event
 from mlplatform.monitoring.prediction_log import PredictionLog
 from mlplatform.processes import init_process
 from serving.app import serve
@@ -44,9 +45,6 @@ from serving.schema import Transaction, parse_v1, parse_v2_columns
 from serving.settings import ServingSettings
 
 CUSTOMER_VIEW, MERCHANT_VIEW = "customer_stats", "merchant_stats"
-#: What the transactions topic carries of each answered transaction (the stream feature processor's input), besides
-#: the merchant's category from the online store (null for an unknown merchant).
-TRANSACTION_FIELDS = ("record_id", "transaction_id", "customer_id", "merchant_id", "amount", "event_unix_s")
 FEATURE_REFS = [f"{CUSTOMER_VIEW}:{f}" for f in CUSTOMER_FEATURES] + [f"{MERCHANT_VIEW}:{f}" for f in MERCHANT_FEATURES]
 
 
@@ -377,8 +375,15 @@ class FraudTransformer(Model):
             categories = scoring.features["merchant_category"]  # the stream feature processor's category shares
             for r, category in zip(records, categories, strict=True):
                 self.events.publish(PREDICTIONS, r["customer_id"], r)
-                transaction = {k: r[k] for k in TRANSACTION_FIELDS}
-                transaction["merchant_category"] = None if category is None else int(category)
+                transaction = transaction_event(
+                    r["record_id"],
+                    r["transaction_id"],
+                    r["customer_id"],
+                    r["merchant_id"],
+                    None if category is None else int(category),
+                    r["amount"],
+                    r["event_unix_s"],
+                )
                 self.events.publish(TRANSACTIONS, r["customer_id"], transaction)
 
 

@@ -42,7 +42,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mlplatform import metric_names as names
 from mlplatform.data.generator import N_CATEGORIES
 from mlplatform.events import DEAD_LETTER, SCHEMA_VERSION, TRANSACTIONS, KafkaConnection
-from mlplatform.features.compute import CUSTOMER_FEATURES, CUSTOMER_FRESHNESS_S, CUSTOMER_WINDOWS_S, customer_features
+from mlplatform.features.compute import (
+    CUSTOMER_FEATURES,
+    CUSTOMER_FRESHNESS_S,
+    CUSTOMER_WINDOWS_S,
+    customer_features,
+    unix_seconds,
+)
 from mlplatform.http import HttpServerSettings
 from mlplatform.http_servers import MetricsServer
 
@@ -495,6 +501,91 @@ class StreamFeatureProcessor:
             reader.close()
         _LOG.info("partition %d: %d transactions rebuilt up to offset %d", partition, len(history), committed)
         return history
+
+
+def transaction_event(
+    record_id: str,
+    transaction_id: str | None,
+    customer_id: int,
+    merchant_id: int,
+    merchant_category: int | None,
+    amount: float,
+    event_unix_s: float,
+) -> dict[str, Any]:
+    """A transaction event as the transformer publishes it (the value, without `schema_version`)."""
+    return {
+        "record_id": record_id,
+        "transaction_id": transaction_id,
+        "customer_id": customer_id,
+        "merchant_id": merchant_id,
+        "merchant_category": merchant_category,
+        "amount": amount,
+        "event_unix_s": event_unix_s,
+    }
+
+
+def backfill(transactions: pd.DataFrame, connection: KafkaConnection, timeout_seconds: float = 300.0) -> int:
+    """Publish raw transactions (the generator's or the data lake's columns) to the transactions topic, in time
+    order: how a new stream gets the 30 days of history its windows need. Returns the number published.
+
+    Raises:
+        KafkaException: When the broker did not acknowledge every event within the timeout.
+    """
+    if not connection.kafka_bootstrap_servers:
+        raise ValueError("backfill needs kafka_bootstrap_servers")
+    producer = Producer(
+        {
+            "bootstrap.servers": connection.kafka_bootstrap_servers,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "logger": _LOG,
+            **connection.kafka_client_config(),
+        }
+    )
+    topic = connection.topic_name(TRANSACTIONS)
+    tx = transactions.sort_values("event_timestamp", kind="stable")
+    t = unix_seconds(tx["event_timestamp"])
+    columns = zip(
+        tx["transaction_id"],
+        tx["customer_id"],
+        tx["merchant_id"],
+        tx["merchant_category"],
+        tx["amount"],
+        t,
+        strict=True,
+    )
+    for record, customer, merchant, category, amount, when in columns:
+        value = transaction_event(
+            str(record), str(record), int(customer), int(merchant), int(category), float(amount), float(when)
+        )
+        data = json.dumps({**value, "schema_version": SCHEMA_VERSION}, separators=(",", ":")).encode()
+        while True:
+            try:
+                producer.produce(topic, data, str(int(customer)).encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    left = producer.flush(timeout_seconds)
+    if left:
+        raise KafkaException(f"{left} backfilled events were not acknowledged within {timeout_seconds:.0f}s")
+    return len(tx)
+
+
+def group_lag(settings: StreamSettings, timeout_seconds: float = 30.0) -> int:
+    """Events of the transactions topic the group has not committed yet (all of them before its first commit)."""
+    consumer = Consumer({**settings.consumer_config(), "group.id": settings.group_id})
+    try:
+        topic = settings.topic_name(TRANSACTIONS)
+        partitions = consumer.list_topics(topic, timeout=timeout_seconds).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_seconds)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_seconds)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    finally:
+        consumer.close()
 
 
 def open_feast_sink(repo_path: Path, data_dir: Path, config_file: str, offline: bool = True) -> FeastSink:

@@ -25,9 +25,9 @@ from confluent_kafka import Consumer, Producer
 
 from components.features.step import run_features
 from mlplatform.events import DEAD_LETTER, SCHEMA_VERSION, TRANSACTIONS
-from mlplatform.features.compute import CUSTOMER_FEATURES, customer_features, unix_seconds
+from mlplatform.features.compute import CUSTOMER_FEATURES, customer_features
 from mlplatform.features.store import open_store, source_dir
-from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings
+from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings, backfill, group_lag
 from mlplatform.settings import PlatformSettings
 from tests.integration.conftest import KAFKA_ADDR, WAIT_SECONDS, free_port
 
@@ -56,26 +56,14 @@ def feature_store(tmp_path: Path, raw: Path) -> PlatformSettings:
     return settings
 
 
-def publish(topic: str, tx: pd.DataFrame, extra: list[tuple[bytes, bytes]] = ()) -> None:
-    """The transactions as transformer events (keyed by customer), then `extra` (key, raw value) messages."""
-    producer = Producer({"bootstrap.servers": KAFKA_ADDR, "enable.idempotence": True, "linger.ms": 5})
-    t = unix_seconds(tx["event_timestamp"])
-    for i, row in enumerate(tx.itertuples(index=False)):
-        value = {
-            "record_id": row.transaction_id,
-            "transaction_id": row.transaction_id,
-            "customer_id": int(row.customer_id),
-            "merchant_id": int(row.merchant_id),
-            "merchant_category": int(row.merchant_category),
-            "amount": float(row.amount),
-            "event_unix_s": float(t[i]),
-            "schema_version": SCHEMA_VERSION,
-        }
-        producer.produce(topic, json.dumps(value).encode(), str(int(row.customer_id)).encode())
-        producer.poll(0)
-    for key, raw in extra:
-        producer.produce(topic, raw, key)
-    assert producer.flush(WAIT_SECONDS) == 0
+def publish(prefix: str, tx: pd.DataFrame, extra: list[tuple[bytes, bytes]] = ()) -> None:
+    """The transactions as the transformer publishes them (`stream.backfill`), then `extra` (key, raw value)."""
+    backfill(tx, settings_for(prefix, "unused"))
+    if extra:
+        producer = Producer({"bootstrap.servers": KAFKA_ADDR})
+        for key, raw in extra:
+            producer.produce(prefix + TRANSACTIONS.name, raw, key)
+        assert producer.flush(WAIT_SECONDS) == 0
 
 
 def settings_for(prefix: str, group: str, batch_size: int = 500) -> StreamSettings:
@@ -101,19 +89,6 @@ def run_until(processor: StreamFeatureProcessor, done: Callable[[], bool]) -> No
     finally:
         processor.stop_event.set()
         thread.join(timeout=30)
-
-
-def group_done(topic: str, group: str) -> bool:
-    """The group has committed every partition of the topic up to its end."""
-    from confluent_kafka import TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": KAFKA_ADDR, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        committed = consumer.committed(parts, timeout=10)
-        return all(c.offset == consumer.get_watermark_offsets(c, timeout=10)[1] for c in committed)
-    finally:
-        consumer.close()
 
 
 def counted(processor: StreamFeatureProcessor, outcome: str) -> float:
@@ -153,8 +128,8 @@ def test_processor_pushes_the_batch_steps_rows_to_the_offline_and_online_store_a
     ]
     # Half, the poison, then the rest: the consumer goes on past the bad messages.
     half = len(tx) // 2
-    publish(topic, tx.iloc[:half], poison)
-    publish(topic, tx.iloc[half:])
+    publish(kafka_prefix, tx.iloc[:half], poison)
+    publish(kafka_prefix, tx.iloc[half:])
     store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
     processor = StreamFeatureProcessor(settings_for(kafka_prefix, "g1"), FeastSink(store))
     run_until(processor, lambda: counted(processor, "pushed") + counted(processor, "dead_letter") >= len(tx) + 3)
@@ -204,10 +179,9 @@ def test_a_second_group_replaying_the_topic_pushes_the_same_rows(
     """Replaying a partition is idempotent: duplicates of events are skipped, rows pushed again are the same."""
     tx, raw = prepared_small
     settings = feature_store(tmp_path, raw)
-    topic = kafka_prefix + TRANSACTIONS.name
     # Every event twice (a transformer's spool replayed after a restart): the duplicates change nothing.
-    publish(topic, tx)
-    publish(topic, tx.iloc[: len(tx) // 3])
+    publish(kafka_prefix, tx)
+    publish(kafka_prefix, tx.iloc[: len(tx) // 3])
     store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
     pushes: list[pd.DataFrame] = []
 
@@ -237,8 +211,7 @@ def test_a_processor_killed_mid_stream_resumes_from_committed_offsets_and_ends_i
     """`mlplatform features stream` killed with SIGKILL after some batches; a new one finishes the topic."""
     tx, raw = prepared_small
     settings = feature_store(tmp_path, raw)
-    topic = kafka_prefix + TRANSACTIONS.name
-    publish(topic, tx)
+    publish(kafka_prefix, tx)
     env = {
         **os.environ,
         "MLPLATFORM_WORK_DIR": str(settings.resolved_work_dir),
@@ -286,7 +259,7 @@ def test_a_processor_killed_mid_stream_resumes_from_committed_offsets_and_ends_i
     try:
         deadline = time.monotonic() + WAIT_SECONDS
         # The second run processes what was not committed: the rest of the topic and the killed run's last batch.
-        while not group_done(topic, "killed"):
+        while group_lag(settings_for(kafka_prefix, "killed")) > 0:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
             assert time.monotonic() < deadline, "the restarted processor did not finish the topic in time"
             time.sleep(0.1)
