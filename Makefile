@@ -132,8 +132,12 @@ BENCH_CLUSTER_ARGS ?=
 bench-cluster: venv tools kube-tools ## control plane: cold/warm build, start, helm install per profile, rollout steps (JSON)
 	PYTHONPATH=. $(PY) benchmarks/bench_cluster.py --output benchmarks/results/cluster.json $(BENCH_CLUSTER_ARGS)
 
+.PHONY: bench-streaming
+bench-streaming: venv services ## stream feature processor: events/s, freshness lag at 200/s, online=offline replay, endpoint p99 publishing on vs off (JSON)
+	$(PY) benchmarks/bench_streaming.py --output benchmarks/results/streaming.json
+
 .PHONY: bench
-bench: bench-pipeline bench-train bench-serving ## all benchmarks
+bench: bench-pipeline bench-train bench-serving bench-streaming ## all benchmarks
 
 .PHONY: clean
 clean: ## remove run outputs (keeps .venv)

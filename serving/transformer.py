@@ -240,7 +240,7 @@ class FraudTransformer(Model):
             protocol=protocol,
             transactions=transactions,
             features=features,
-            rows=model_input_arrays(features),
+            rows=model_input_arrays(features, dtype=np.float64),  # the log keeps exact values; the model casts
             flags=flags,
             started=started,
         )

@@ -294,8 +294,13 @@ def on_demand_features(inputs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(on_demand_arrays(columns), index=inputs.index).astype("float64")
 
 
-def model_input_arrays(columns: Mapping[str, object], feature_names: Sequence[str] = MODEL_FEATURES) -> np.ndarray:
+def model_input_arrays(
+    columns: Mapping[str, object], feature_names: Sequence[str] = MODEL_FEATURES, dtype: type = np.float32
+) -> np.ndarray:
     """The model's input matrix from column arrays: features in model order, missing values set to defaults.
+
+    float32 is what the model computes in; serving keeps float64 so that its prediction log records the exact
+    values (the predictor casts them to float32 as the model's input, giving the same numbers).
 
     Raises:
         KeyError: When a model feature is absent from `columns`.
@@ -305,8 +310,8 @@ def model_input_arrays(columns: Mapping[str, object], feature_names: Sequence[st
         raise KeyError(f"model features missing from the feature frame: {missing}")
     cols = [_fill(_f64(columns[f]), FEATURE_DEFAULTS.get(f, 0.0)) for f in feature_names]
     if not cols:
-        return np.empty((0, 0), np.float32)
-    return np.column_stack(cols).astype(np.float32)
+        return np.empty((0, 0), dtype)
+    return np.column_stack(cols).astype(dtype)
 
 
 def model_input(frame: pd.DataFrame, feature_names: Sequence[str] = MODEL_FEATURES) -> np.ndarray:
