@@ -22,7 +22,7 @@ from components.train.step import run_train
 from components.training_set.step import run_training_set
 from mlplatform.data.generator import GeneratorConfig, generate_transactions
 from mlplatform.features.stream import StreamSettings
-from mlplatform.local.stream_replay import replay_through_endpoint
+from mlplatform.local.stream_replay import CUSTOMER_DEPENDENT, replay_through_endpoint
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.loop import TrainConfig
 from tests.integration.conftest import KAFKA_ADDR
@@ -51,15 +51,17 @@ def feast_env(redis_info, fresh_postgres_db, monkeypatch: pytest.MonkeyPatch) ->
 def test_every_replayed_request_is_served_the_features_training_would_get(
     tmp_path: Path, feast_env: dict[str, str], kafka_prefix: str
 ) -> None:
-    tx = generate_transactions(GeneratorConfig(n_transactions=4_000, n_days=14, seed=21))
-    cutoff = tx["event_timestamp"].min() + pd.Timedelta(days=12)
+    tx = generate_transactions(GeneratorConfig(n_transactions=8_000, n_days=40, seed=21))
+    cutoff = tx["event_timestamp"].min() + pd.Timedelta(days=38)
     history, replay = tx[tx["event_timestamp"] < cutoff], tx[tx["event_timestamp"] >= cutoff]
     settings = PlatformSettings(work_dir=tmp_path / "work", feast_config_file="feature_store_redis_postgres.yaml")
     raw = tmp_path / "history.parquet"
     history.to_parquet(raw, index=False)
     run_features(raw, settings)
     splits = {n: tmp_path / f"{n}.parquet" for n in ("train", "validation", "test")}
-    run_training_set(raw, settings, 2, 2, splits["train"], splits["validation"], splits["test"])
+    # Trained after a 30-day warm-up, as the replay is served: with every window full (the first month's partial
+    # windows would be drift of their own, from the data's start, not from staleness).
+    run_training_set(raw, settings, 2, 2, splits["train"], splits["validation"], splits["test"], warmup_days=30)
     run_train(splits["train"], splits["validation"], tmp_path / "model", TrainConfig(max_epochs=1), settings)
     stream = StreamSettings(
         kafka_bootstrap_servers=KAFKA_ADDR, kafka_topic_prefix=kafka_prefix, group_id="replay", batch_size=200, port=0
@@ -72,7 +74,7 @@ def test_every_replayed_request_is_served_the_features_training_would_get(
         "MLPLATFORM_SERVING_FEAST_DATA_DIR": str(settings.feast_data),
     }
     result = replay_through_endpoint(
-        settings, stream, tmp_path / "model", history, replay, rate=50, work=tmp_path, serving_env=serving_env
+        settings, stream, tmp_path / "model", history, replay, rate=25, work=tmp_path, serving_env=serving_env
     )
     print(result.as_dict())  # the figures, for whoever reads the test log
     assert result.requests == result.answered == len(replay), result.statuses
@@ -84,3 +86,10 @@ def test_every_replayed_request_is_served_the_features_training_would_get(
     assert result.compared - result.within_lag >= len(replay) // 2
     assert result.events_lost == 0 and result.duplicates == 0
     assert result.freshness_lag_p50_s is not None and result.freshness_lag_p99_s is not None
+    # The monitor sees no drift of the customer features on undrifted traffic served fresh features: each PSI is
+    # below the MlplatformFeatureDrift threshold (0.25); stale customer features gave log_seconds_since_last 2.4.
+    # The merchant features are daily snapshots that the stream does not change; their PSI here reflects a
+    # training window of 4 days over few merchants (reported by the benchmark, not asserted).
+    fresh = {f: v for f, v in result.feature_psi_fresh.items() if f in CUSTOMER_DEPENDENT}
+    assert set(fresh) == set(CUSTOMER_DEPENDENT)
+    assert max(fresh.values()) < 0.25, fresh
