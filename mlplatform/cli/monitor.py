@@ -16,8 +16,9 @@ from mlplatform.cli.common import (
 )
 from mlplatform.data.labels import emit_labels, record_key, write_labels
 from mlplatform.errors import ConfigError
+from mlplatform.events import LABELS
 from mlplatform.monitoring.exporter import Monitor
-from mlplatform.monitoring.predictions import load_predictions
+from mlplatform.monitoring.inputs import open_inputs, publish_labels
 from mlplatform.monitoring.references import MonitorError
 from mlplatform.monitoring.report import feature_table, summary_table, write_report
 from mlplatform.monitoring.settings import MonitorSettings
@@ -149,7 +150,8 @@ def monitor_emit_labels(
     prediction_log_dir: LogDir = None,
     labels_dir: LabelsDir = None,
 ) -> None:
-    """Replay delayed labels: write the labels of served transactions that became known by --until."""
+    """Replay delayed labels: write the labels of served transactions that became known by --until (to the label
+    folder, or to the labels topic where MLPLATFORM_MONITOR_KAFKA_BOOTSTRAP_SERVERS is set)."""
 
     import pandas as pd
 
@@ -157,9 +159,19 @@ def monitor_emit_labels(
     settings = _monitor_settings(prediction_log_dir=prediction_log_dir, labels_dir=labels_dir)
     if not transactions.is_file():
         raise ConfigError(f"--transactions {transactions} does not exist")
-    served = load_predictions(settings.log_dir(platform), settings.monitored_model(platform), float("-inf"))
+    inputs = open_inputs(settings, platform)  # the prediction log, or the predictions topic where Kafka is set
+    try:
+        served = inputs.predictions(settings.monitored_model(platform), float("-inf"), False, None, None)
+    finally:
+        inputs.close()
     ids = {k for k in map(record_key, served) if k}
     known_by, emitted = parse_time(until, "--until"), parse_time(since, "--since") if since else None
-    frame = emit_labels(pd.read_parquet(transactions), ids, known_by, emitted)
+    raw = pd.read_parquet(transactions)
+    frame = emit_labels(raw, ids, known_by, emitted)
+    if settings.kafka_bootstrap_servers:
+        customers = dict(zip(raw["transaction_id"].astype(str), raw["customer_id"].astype(int), strict=True))
+        publish_labels(frame, customers, settings)
+        print(json.dumps({"labels": len(frame), "served": len(ids), "topic": settings.topic_name(LABELS)}))
+        return
     path = write_labels(frame, settings.label_dir(platform))
     print(json.dumps({"labels": len(frame), "served": len(ids), "file": str(path) if path else None}))

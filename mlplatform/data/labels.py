@@ -117,7 +117,12 @@ def write_labels(labels: pd.DataFrame, directory: Path) -> Path | None:
     return path
 
 
-def _parse(obj: Mapping[str, Any], where: str) -> Label:
+def parse_label(obj: Mapping[str, Any], where: str) -> Label:
+    """A label from its JSON object (a line of a label file, an event of the labels topic).
+
+    Raises:
+        LabelFeedError: Naming `where` and what is wrong.
+    """
     try:
         label = int(obj["label"])
         when = datetime.fromisoformat(str(obj["label_timestamp"]))
@@ -148,7 +153,7 @@ def iter_labels(directory: Path) -> Iterator[Label]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise LabelFeedError(f"{path}:{n}: not JSON: {exc}") from exc
-                yield _parse(obj, f"{path}:{n}")
+                yield parse_label(obj, f"{path}:{n}")
 
 
 def read_labels(directory: Path) -> dict[str, Label]:

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from mlplatform.http_servers import MetricsServer
 from mlplatform.monitoring.drift import MonitorResult
+from mlplatform.monitoring.inputs import MonitorInputs, open_inputs
 from mlplatform.monitoring.references import ReferenceResolver
 from mlplatform.monitoring.settings import MonitorSettings
 from mlplatform.monitoring.windows import evaluate_windows
@@ -173,13 +174,18 @@ class Monitor:
         self.stop_event = threading.Event()
         self._last_cycle_end = clock()
         self._server: MetricsServer | None = None
+        self._inputs: MonitorInputs | None = None  # opened at the first run, kept (a Kafka consumer stays a member)
 
     def run_once(self) -> MonitorResult | None:
         """One evaluation: update the gauges and count the outcome of each version (None when it failed)."""
         started = self.clock()
         try:
+            if self._inputs is None:
+                self._inputs = open_inputs(self.settings, self.platform)
             # A log folder that does not exist yet means no traffic yet (skipped), not a failure.
-            [result] = evaluate_windows(self.settings, self.platform, started, 1, self.resolver, missing_log_ok=True)
+            [result] = evaluate_windows(
+                self.settings, self.platform, started, 1, self.resolver, missing_log_ok=True, inputs=self._inputs
+            )
         except Exception:
             log.exception("monitor evaluation failed")
             self.runs.labels(outcome="error").inc()
@@ -231,6 +237,9 @@ class Monitor:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self._inputs is not None:
+            self._inputs.close()
+            self._inputs = None
 
     def serve(self) -> None:
         """Serve until SIGTERM or SIGINT: the HTTP endpoint in the background, the loop in this thread."""
@@ -238,12 +247,13 @@ class Monitor:
             signal.signal(sig, lambda *_: self.stop_event.set())
         port = self.start_http()
         log.info(
-            "monitor of %s on http://%s:%d/metrics (log %s, labels %s, window %ss, every %ss)",
+            "monitor of %s on http://%s:%d/metrics (%s, window %ss, every %ss)",
             self.settings.monitored_model(self.platform),
             self.settings.host,
             port,
-            self.settings.log_dir(self.platform),
-            self.settings.label_dir(self.platform),
+            f"Kafka at {self.settings.kafka_bootstrap_servers}"
+            if self.settings.kafka_bootstrap_servers
+            else f"log {self.settings.log_dir(self.platform)}, labels {self.settings.label_dir(self.platform)}",
             self.settings.window_seconds,
             self.settings.interval_seconds,
         )

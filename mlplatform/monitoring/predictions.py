@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,20 @@ def load_predictions(
             f"prediction log folder {log_dir} does not exist; serve traffic first (`mlplatform serve`) or point "
             "MLPLATFORM_MONITOR_PREDICTION_LOG_DIR / --prediction-log-dir at the serving log"
         )
+    return select_records(read_records(log_dir), model_name, since_unix_s, full_since_unix_s, labelled)
+
+
+def select_records(
+    records: Iterable[dict[str, Any]],
+    model_name: str,
+    since_unix_s: float,
+    full_since_unix_s: float | None = None,
+    labelled: Container[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The records of `model_name` served after `since_unix_s`, with `_served_unix_s` added (see
+    `load_predictions`; the event stream's records go through the same selection)."""
     out = []
-    for r in read_records(log_dir):
+    for r in records:
         t = served_unix_s(r)
         if t is None or t <= since_unix_s or r.get("model_name") != model_name:
             continue

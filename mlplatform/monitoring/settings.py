@@ -7,17 +7,20 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform.events import KafkaConnection
 from mlplatform.http import HttpServerSettings
 from mlplatform.settings import PlatformSettings
 
 
-class MonitorSettings(HttpServerSettings, BaseSettings):
+class MonitorSettings(HttpServerSettings, KafkaConnection, BaseSettings):
     """What the monitor watches, how often, and where it serves its metrics.
 
     Each field is read from the environment variable `MLPLATFORM_MONITOR_<FIELD NAME>`. The MLflow
     tracking URI and the work dir come from `PlatformSettings` (`MLPLATFORM_MLFLOW_TRACKING_URI`,
     `MLPLATFORM_WORK_DIR`). The metrics endpoint's address (loopback unless `MLPLATFORM_MONITOR_HOST` says
-    otherwise; the serving image sets 0.0.0.0) and its limits on slow clients are `HttpServerSettings`'.
+    otherwise; the serving image sets 0.0.0.0) and its limits on slow clients are `HttpServerSettings`'. With
+    `MLPLATFORM_MONITOR_KAFKA_BOOTSTRAP_SERVERS` the monitor reads predictions and labels from the event stream
+    (`inputs.KafkaInputs`) and the two folders are not used.
     """
 
     model_config = SettingsConfigDict(env_prefix="MLPLATFORM_MONITOR_", extra="forbid")
@@ -59,6 +62,12 @@ class MonitorSettings(HttpServerSettings, BaseSettings):
         default=50, ge=1, description="Labelled predictions a version needs before precision, recall, PR-AUC."
     )
     port: int = Field(default=9108, ge=0, le=65535, description="Port of /metrics and /healthz (0: any free port).")
+    kafka_group_id: str = Field(
+        default="mlplatform-monitor",
+        min_length=1,
+        description="Consumer group of the monitor when it reads the event stream (MLPLATFORM_MONITOR_KAFKA_"
+        "BOOTSTRAP_SERVERS set) instead of the prediction log and label folders.",
+    )
 
     def log_dir(self, platform: PlatformSettings) -> Path:
         """The prediction log folder in force."""

@@ -7,9 +7,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mlplatform.data.labels import Label, join_labels, read_labels
+from mlplatform.data.labels import Label, join_labels
 from mlplatform.monitoring.drift import MonitorResult, Quality, VersionReport, Window, _iso, drift_of, quality_of
-from mlplatform.monitoring.predictions import load_predictions
+from mlplatform.monitoring.inputs import MonitorInputs, open_inputs
 from mlplatform.monitoring.references import MonitorError, ReferenceResolver
 from mlplatform.monitoring.settings import MonitorSettings
 from mlplatform.settings import PlatformSettings
@@ -89,10 +89,12 @@ def evaluate_windows(
     resolver: ReferenceResolver | None = None,
     missing_log_ok: bool = False,
     model_version: str | None = None,
+    inputs: MonitorInputs | None = None,
 ) -> list[MonitorResult]:
     """`count` consecutive drift windows ending at `end_unix_s`, oldest first (the log is read once).
 
-    With `model_version` only that version's predictions are evaluated.
+    With `model_version` only that version's predictions are evaluated. `inputs` is where predictions and labels
+    come from (default: `inputs.open_inputs` of the settings, closed afterwards).
 
     Raises:
         MonitorError: When the log folder is missing (unless `missing_log_ok`: no traffic yet).
@@ -100,15 +102,19 @@ def evaluate_windows(
     """
     resolver = resolver or ReferenceResolver(platform, settings.model_dir)
     drift_start = end_unix_s - settings.window_seconds * count
-    labels = read_labels(settings.label_dir(platform))
-    predictions = load_predictions(
-        settings.log_dir(platform),
-        settings.monitored_model(platform),
-        min(drift_start, end_unix_s - settings.quality_window_seconds),
-        missing_log_ok,
-        full_since_unix_s=drift_start,
-        labelled=labels,
-    )
+    source = inputs or open_inputs(settings, platform, count)
+    try:
+        labels = source.labels()
+        predictions = source.predictions(
+            settings.monitored_model(platform),
+            min(drift_start, end_unix_s - settings.quality_window_seconds),
+            missing_log_ok,
+            drift_start,
+            labels,
+        )
+    finally:
+        if inputs is None:
+            source.close()
     if model_version is not None:
         predictions = [r for r in predictions if str(r.get("model_version")) == model_version]
     out = []

@@ -3,6 +3,7 @@ traffic with and without the generator's drift, delayed labels arriving while it
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -170,8 +172,20 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, ready: Callable
     pytest.fail(f"monitor never reported the expected metrics:\n{log.read_text()}")
 
 
-@pytest.fixture
-def monitor(scenario: Scenario, port_finder: Callable[[], int], tmp_path: Path) -> Iterator[tuple[str, Any, Path]]:
+@dataclass
+class MonitorProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    deliver_labels: Callable[[pd.DataFrame, pd.DataFrame], None]  # (labels, raw transactions)
+
+
+@pytest.fixture(params=["files", "kafka"])
+def monitor(
+    request: pytest.FixtureRequest, scenario: Scenario, port_finder: Callable[[], int], tmp_path: Path
+) -> Iterator[MonitorProcess]:
+    """The monitor process reading the prediction log and label folder, or, with the same records and labels, the
+    predictions and labels topics of the real broker (as on a cluster: no folder of the transformer mounted)."""
     port = port_finder()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MLPLATFORM_")},
@@ -182,13 +196,47 @@ def monitor(scenario: Scenario, port_finder: Callable[[], int], tmp_path: Path) 
         "MLPLATFORM_MONITOR_MIN_WINDOW_PREDICTIONS": "100",
         "MLPLATFORM_MONITOR_MIN_LABELLED_PREDICTIONS": "50",
     }
+    label_dir = tmp_path / "labels"
+    env["MLPLATFORM_MONITOR_LABELS_DIR"] = str(label_dir)
+
+    def to_folder(labels: pd.DataFrame, raw: pd.DataFrame) -> None:
+        write_labels(labels, label_dir)
+
+    deliver = to_folder
+    if request.param == "kafka":
+        from mlplatform.events import PREDICTIONS, SCHEMA_VERSION, ensure_topics
+        from mlplatform.monitoring.inputs import publish_labels
+        from mlplatform.monitoring.prediction_log import read_records
+        from mlplatform.monitoring.settings import MonitorSettings
+        from tests.integration.conftest import KAFKA_ADDR
+
+        prefix = f"test-monitor-{port}-{time.time_ns()}."
+        ensure_topics(KAFKA_ADDR, prefix=prefix)
+        producer = Producer({"bootstrap.servers": KAFKA_ADDR, "enable.idempotence": True})
+        for r in read_records(scenario.settings.work_dir / "predictions"):
+            producer.produce(
+                prefix + PREDICTIONS.name, json.dumps({**r, "schema_version": SCHEMA_VERSION}), str(r["customer_id"])
+            )
+        assert producer.flush(60) == 0
+        connection = MonitorSettings(kafka_bootstrap_servers=KAFKA_ADDR, kafka_topic_prefix=prefix)
+        env |= {
+            "MLPLATFORM_MONITOR_KAFKA_BOOTSTRAP_SERVERS": KAFKA_ADDR,
+            "MLPLATFORM_MONITOR_KAFKA_TOPIC_PREFIX": prefix,
+            "MLPLATFORM_MONITOR_PREDICTION_LOG_DIR": str(tmp_path / "no-log"),  # read nothing from files
+        }
+
+        def to_topic(labels: pd.DataFrame, raw: pd.DataFrame) -> None:
+            customers = dict(zip(raw["transaction_id"].astype(str), raw["customer_id"].astype(int), strict=True))
+            publish_labels(labels, customers, connection)
+
+        deliver = to_topic
     log = tmp_path / "monitor.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlplatform.monitoring.exporter"], env=env, stdout=out, stderr=out
         )
     try:
-        yield f"http://127.0.0.1:{port}", proc, log
+        yield MonitorProcess(f"http://127.0.0.1:{port}", proc, log, deliver)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -200,9 +248,9 @@ def monitor(scenario: Scenario, port_finder: Callable[[], int], tmp_path: Path) 
 
 
 def test_monitor_process_exports_drift_under_drift_and_quality_once_labels_arrive(
-    scenario: Scenario, monitor: tuple[str, Any, Path]
+    scenario: Scenario, monitor: MonitorProcess
 ) -> None:
-    url, proc, log = monitor
+    url, proc, log = monitor.url, monitor.proc, monitor.log
     metrics = wait_for(
         f"{url}/metrics", proc, log, lambda m: len(m.get("mlplatform_monitor_window_predictions", {})) == 3
     )
@@ -238,9 +286,7 @@ def test_monitor_process_exports_drift_under_drift_and_quality_once_labels_arriv
     # chargebacks arrive: the labels known by the end of the period
     until = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=N_DAYS + 30)
     for name in ("undrifted", "drifted"):
-        write_labels(
-            emit_labels(scenario.raw[name], scenario.served[name], until), scenario.settings.work_dir / "labels"
-        )
+        monitor.deliver_labels(emit_labels(scenario.raw[name], scenario.served[name], until), scenario.raw[name])
     metrics = wait_for(f"{url}/metrics", proc, log, lambda m: len(m.get("mlplatform_quality_pr_auc", {})) >= 2)
     labelled = of_version(metrics["mlplatform_quality_labelled_predictions"], "1")[""]
     assert labelled == len(scenario.served["undrifted"])  # every label known by then
