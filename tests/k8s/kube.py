@@ -32,7 +32,8 @@ WITH_MODEL: dict[str, Any] = {
         "model": {"version": "3", "storageUri": "s3://mlflow/1/0123456789abcdef/artifacts/model"},
     }
 }
-#: Kafka by reference, as for a Strimzi cluster named "events" with its TLS listener and SCRAM users (ADR 0018).
+#: Kafka by reference, as for a Strimzi cluster named "events" with its TLS listener and SCRAM users (ADR 0018),
+#: the monitor's user's password included (it reads the stream then).
 WITH_KAFKA: dict[str, Any] = {
     "kafka": {
         "enabled": True,
@@ -41,7 +42,8 @@ WITH_KAFKA: dict[str, Any] = {
         "tls": {"caSecret": "events-cluster-ca-cert"},
         "sasl": {"existingSecret": "mlplatform-serving"},
         "strimzi": {"cluster": "events"},
-    }
+    },
+    "monitoring": {"monitor": {"kafka": {"sasl": {"existingSecret": "mlplatform-monitor"}}}},
 }
 #: The stream feature processor on that Kafka (ADR 0019), with its user's password Secret.
 WITH_STREAM_FEATURES: dict[str, Any] = {

@@ -535,7 +535,7 @@ def test_strimzi_topics_are_the_ones_the_code_declares_and_the_user_may_only_pub
     }
     assert topics == {t.name: (t.partitions, t.retention_days * 86_400_000) for t in TOPICS}
     assert all(d["metadata"]["labels"]["strimzi.io/cluster"] == "events" for d in docs if d["kind"] == "KafkaTopic")
-    user = find(docs, "KafkaUser")
+    [user] = [d for d in docs if d["kind"] == "KafkaUser" and d["metadata"]["name"] == "mlplatform-serving"]
     acls = user["spec"]["authorization"]["acls"]
     assert {a["resource"].get("name") for a in acls if a["resource"]["type"] == "topic"} == {
         TRANSACTIONS.name,
@@ -620,3 +620,46 @@ def test_stream_feature_processor_without_kafka_feast_or_its_password_fails_with
     no_secret = {"streamFeatures": {"enabled": True, "sasl": {"existingSecret": ""}}}
     with pytest.raises(AssertionError, match="needs streamFeatures.sasl.existingSecret"):
         kube.helm("template", "default", KAFKA, no_secret)
+
+
+def test_with_kafka_the_monitor_reads_the_stream_with_its_own_read_only_user_and_no_transformer_volume() -> None:
+    """Issue 15 item 4 on a cluster: MLPLATFORM_MONITOR_KAFKA_* (names checked against MonitorSettings), the password
+    from its user's Secret, no prediction-log or label volume (so no ReadWriteMany claim is needed), and a KafkaUser
+    that may read predictions and labels in its group only."""
+    from mlplatform.events import LABELS, PREDICTIONS
+    from mlplatform.monitoring.settings import MonitorSettings
+
+    manifest = kube.helm_template("production", kube.WITH_MODEL, KAFKA)
+    summary = kube.kubeconform(manifest)["summary"]
+    assert summary["valid"] == len(objects(manifest)) and summary["errors"] == summary["invalid"] == 0
+    docs = objects(manifest)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlplatform-monitor"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    fields = {f"{MonitorSettings.model_config['env_prefix']}{n.upper()}" for n in MonitorSettings.model_fields}
+    monitor_env = {k for k in env if k.startswith("MLPLATFORM_MONITOR_")}
+    assert monitor_env <= fields, sorted(monitor_env - fields)
+    assert env["MLPLATFORM_MONITOR_KAFKA_BOOTSTRAP_SERVERS"] == "events-kafka-bootstrap:9093"
+    assert env["MLPLATFORM_MONITOR_KAFKA_SASL_PASSWORD"] == {
+        "secretKeyRef": {"name": "mlplatform-monitor", "key": "password"}
+    }
+    assert "MLPLATFORM_MONITOR_PREDICTION_LOG_DIR" not in env
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "kafka-ca"}
+    [user] = [d for d in docs if d["kind"] == "KafkaUser" and d["metadata"]["name"] == "mlplatform-monitor"]
+    grants = {
+        (a["resource"]["type"], a["resource"].get("name"), op)
+        for a in user["spec"]["authorization"]["acls"]
+        for op in a["operations"]
+    }
+    assert grants == {
+        ("topic", PREDICTIONS.name, "Read"),
+        ("topic", PREDICTIONS.name, "Describe"),
+        ("topic", LABELS.name, "Read"),
+        ("topic", LABELS.name, "Describe"),
+        ("group", "mlplatform-monitor", "Read"),
+    }
+    # Without Kafka the monitor keeps reading the prediction log's claim.
+    plain = objects(kube.helm_template("production", kube.WITH_MODEL))
+    [deployment] = [d for d in plain if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlplatform-monitor"]
+    assert "prediction-log" in {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
