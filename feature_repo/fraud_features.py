@@ -48,7 +48,7 @@ merchant_source = FileSource(
 customer_stats = FeatureView(
     name="customer_stats",
     entities=[customer],
-    ttl=timedelta(days=30),
+    ttl=timedelta(seconds=F.CUSTOMER_TTL_S),
     schema=[Field(name=f, dtype=Int64 if f.startswith("cust_txn_count") else Float64) for f in F.CUSTOMER_FEATURES],
     source=customer_push,
     online=True,

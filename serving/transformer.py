@@ -32,6 +32,7 @@ from mlplatform.features.compute import (
     CUSTOMER_FEATURES,
     MERCHANT_FEATURES,
     MODEL_FEATURES,
+    expire_customers,
     model_input_arrays,
     on_demand_arrays,
 )
@@ -221,6 +222,7 @@ class FraudTransformer(Model):
                 f.append("features_unavailable")
         else:
             assert online is not None
+            expire_customers(online, [t.event_unix_s for t in transactions])  # as the training sets' join does
             for i, (c, m) in enumerate(zip(online["cust_txn_count_30d"], online["merchant_category"], strict=True)):
                 if c is None:
                     flags[i].append("unknown_customer")

@@ -23,6 +23,9 @@ MERCHANT_PRIOR_RATE = 0.01
 MERCHANT_PRIOR_WEIGHT = 20.0
 
 CUSTOMER_WINDOWS_S: dict[str, int] = {"1h": 3_600, "24h": DAY_S, "7d": 7 * DAY_S, "30d": 30 * DAY_S}
+#: A customer's row is not served once this old at the event's time (the customer feature view's TTL): the
+#: customer then looks new, offline (the point-in-time join) and online (`expire_customers`) alike.
+CUSTOMER_TTL_S = 30 * DAY_S
 
 CATEGORY_SHARE_COLUMNS: tuple[str, ...] = tuple(f"cust_cat_share_{c}" for c in range(N_CATEGORIES))
 
@@ -82,6 +85,34 @@ FEATURE_DEFAULTS: dict[str, float] = {
     "merchant_amount_avg_30d": 0.0,
     "merchant_fraud_rate_30d": MERCHANT_PRIOR_RATE,
 }
+
+
+def expire_customers(online: dict[str, list[object]], event_unix_s: Sequence[float]) -> int:
+    """Blank (None) the customer features of rows older than `CUSTOMER_TTL_S` at each event's time, in place.
+
+    An online store returns a customer's latest row however old it is (Feast measures a view's TTL against the
+    wall clock there), while the point-in-time join of the training sets leaves out a row older than the TTL at the
+    event's time; this applies the training sets' rule to what the online store returned.
+
+    Args:
+        online: Feature name -> one value per transaction (None where the store had nothing), with the columns
+            of `CUSTOMER_FEATURES`.
+        event_unix_s: Each transaction's time.
+
+    Returns:
+        How many rows were expired.
+    """
+    last = online["cust_last_txn_unix_s"]
+    expired = [
+        i
+        for i, (t, when) in enumerate(zip(last, event_unix_s, strict=True))
+        if t is not None and when - (float(t) + CUSTOMER_FRESHNESS_S) > CUSTOMER_TTL_S
+    ]
+    for name in CUSTOMER_FEATURES:
+        column = online[name]
+        for i in expired:
+            column[i] = None
+    return len(expired)
 
 
 def unix_seconds(ts: pd.Series) -> np.ndarray:

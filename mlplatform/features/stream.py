@@ -70,7 +70,11 @@ class StreamSettings(HttpServerSettings, KafkaConnection, BaseSettings):
     group_id: str = Field(default="mlplatform-stream-features", min_length=1, description="Kafka consumer group.")
     batch_size: int = Field(default=2000, ge=1, le=100_000, description="Most events processed and pushed at once.")
     poll_seconds: float = Field(
-        default=0.2, gt=0, le=10, description="Longest wait for a batch to fill: bounds the freshness lag it adds."
+        default=0.2,
+        gt=0,
+        le=10,
+        description="Longest wait for the next event; a batch is then what has arrived (up to batch_size), never "
+        "waiting to fill.",
     )
     push_retry_seconds: float = Field(
         default=1.0, gt=0, description="Wait before a failed push (Feast store down) is tried again."
@@ -264,10 +268,10 @@ class FeastSink:
     def push(self, rows: pd.DataFrame) -> None:
         from feast.data_source import PushMode
 
+        latest = rows.drop_duplicates("customer_id", keep="last")
+        self.store.push(CUSTOMER_PUSH_SOURCE, latest, to=PushMode.ONLINE)  # first: what serving waits for
         if self.offline:
             self.store.push(CUSTOMER_PUSH_SOURCE, rows, to=PushMode.OFFLINE)
-        latest = rows.drop_duplicates("customer_id", keep="last")
-        self.store.push(CUSTOMER_PUSH_SOURCE, latest, to=PushMode.ONLINE)
 
 
 class StreamMetrics:
@@ -348,7 +352,11 @@ class StreamFeatureProcessor:
 
     def poll_once(self) -> int:
         """Consume, process and commit one batch; returns the number of messages in it."""
-        messages = self._consumer.consume(self.settings.batch_size, self.settings.poll_seconds)
+        # Wait for the first event only, then take what has already arrived: a batch never waits to fill, so a
+        # quiet stream adds no latency and a busy one still gets large batches.
+        messages = self._consumer.consume(1, self.settings.poll_seconds)
+        if messages:
+            messages += self._consumer.consume(self.settings.batch_size - 1, 0)
         self._alive = time.time()
         batch = []
         for m in messages:

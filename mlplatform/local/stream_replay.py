@@ -6,7 +6,7 @@ transactions, with their generated (real) timestamps, are sent in time order at 
 transformer, which publishes each answered one; the processor pushes each customer's new aggregates. Afterwards
 every answered request's features (from the prediction log) are compared with `get_historical_features` for the
 same event. A request is excused, and counted as such, when the customer's previous transaction was not yet
-visible online when the request was answered (it followed the previous one by less than the freshness lag).
+visible online when the request was sent (it followed the previous one by less than the freshness lag).
 
 The freshness lag of an event is the wall time from its request being sent to its customer's row being pushed.
 """
@@ -30,6 +30,7 @@ from mlplatform.features.compute import (
     CUSTOMER_FRESHNESS_S,
     MODEL_CUSTOMER_FEATURES,
     ON_DEMAND_FEATURES,
+    model_input_arrays,
     request_fields,
     unix_seconds,
 )
@@ -277,6 +278,8 @@ def _compare(
     )
     offline = store.get_historical_features(entity_df=entity, features=store.get_feature_service(FEATURE_SERVICE))
     offline = offline.to_df().set_index("transaction_id").loc[tx["transaction_id"]]
+    # As the model gets them: a value the store has not (a new customer) takes its default, on both sides.
+    expected = model_input_arrays({f: offline[f].to_numpy() for f in CUSTOMER_DEPENDENT}, CUSTOMER_DEPENDENT, float)
     t = unix_seconds(tx["event_timestamp"])
 
     # Each customer's previous transaction (history or replay) and when its row became visible online.
@@ -294,13 +297,13 @@ def _compare(
     by_feature: Counter[str] = Counter()
     for i, tid in enumerate(tx["transaction_id"]):
         online = served[tid]["features"]
-        diffs = {f: abs(float(online[f]) - float(offline.iloc[i][f])) for f in CUSTOMER_DEPENDENT}
+        diffs = {f: abs(float(online[f]) - float(expected[i, j])) for j, f in enumerate(CUSTOMER_DEPENDENT)}
         bad = {f: d for f, d in diffs.items() if not d <= TOLERANCE}
         if not bad:
             continue
         prev = previous.get(str(tid))
-        answered_at = answers[tid][1]
-        if prev is not None and visible.get(prev, float("inf")) > answered_at:
+        sent_at = answers[tid][0]  # the lookup happens after the request was sent
+        if prev is not None and visible.get(prev, float("inf")) > sent_at:
             excused.append(str(tid))
             continue
         mismatches += 1

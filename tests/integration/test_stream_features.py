@@ -274,3 +274,41 @@ def test_a_processor_killed_mid_stream_resumes_from_committed_offsets_and_ends_i
     # Resumed, not restarted: the second run did not push the committed part again.
     assert second_run <= len(tx) - first_run + 50 * PARTITIONS, (first_run, second_run)
     assert_online_equals_batch(settings, tx)
+
+
+def test_a_second_processor_joining_the_group_takes_partitions_and_the_result_is_the_same(
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_prefix: str
+) -> None:
+    """Scaling out by partitions: a second member joins mid-stream, the group rebalances (the partitions it is given
+    are rebuilt from the topic), both push, and the online store ends equal to the batch step."""
+    tx, raw = prepared_small
+    settings = feature_store(tmp_path, raw)
+    publish(kafka_prefix, tx)
+    store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
+
+    class Slow(FeastSink):  # a push of 0.1 s: the first member cannot finish the topic before the second joins
+        def push(self, rows: pd.DataFrame) -> None:
+            time.sleep(0.1)
+            super().push(rows)
+
+    first = StreamFeatureProcessor(settings_for(kafka_prefix, "scaled", batch_size=50), Slow(store))
+    second = StreamFeatureProcessor(settings_for(kafka_prefix, "scaled", batch_size=50), Slow(store))
+    threads = [threading.Thread(target=p.run, daemon=True) for p in (first, second)]
+    threads[0].start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while counted(first, "pushed") < 200:
+        assert time.monotonic() < deadline, "the first processor pushed nothing in time"
+        time.sleep(0.05)
+    threads[1].start()
+    try:
+        while group_lag(settings_for(kafka_prefix, "scaled")) > 0 or counted(second, "pushed") == 0:
+            assert time.monotonic() < deadline + WAIT_SECONDS, "the group did not finish the topic in time"
+            time.sleep(0.1)
+    finally:
+        for p in (first, second):
+            p.stop_event.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert counted(second, "pushed") > 0 and counted(first, "pushed") < len(tx)
+    assert counted(first, "pushed") + counted(second, "pushed") >= len(tx)
+    assert_online_equals_batch(settings, tx)

@@ -138,3 +138,17 @@ def test_request_fields_are_unix_seconds(tx: pd.DataFrame) -> None:
     fields = request_fields(tx.head(3))
     expected = tx.head(3)["event_timestamp"].astype("int64") / 1e9
     np.testing.assert_allclose(fields["event_unix_s"], expected)
+
+
+def test_a_customer_row_older_than_the_ttl_at_the_events_time_is_not_served() -> None:
+    """Online rows are expired by event time as the training sets' point-in-time join expires them (Feast's online
+    read measures a view's TTL against the wall clock, which a replay of past traffic does not share)."""
+    from mlplatform.features.compute import CUSTOMER_FEATURES, CUSTOMER_FRESHNESS_S, CUSTOMER_TTL_S, expire_customers
+
+    last = 1_000_000.0
+    online = {f: [1.0, 1.0, None] for f in CUSTOMER_FEATURES}
+    online["cust_last_txn_unix_s"] = [last, last, None]
+    edge = last + CUSTOMER_FRESHNESS_S + CUSTOMER_TTL_S
+    assert expire_customers(online, [edge, edge + 1, edge + 1]) == 1
+    assert online["cust_txn_count_30d"] == [1.0, None, None]
+    assert online["cust_last_txn_unix_s"] == [last, None, None]
