@@ -312,3 +312,49 @@ def test_a_second_processor_joining_the_group_takes_partitions_and_the_result_is
     assert counted(second, "pushed") > 0 and counted(first, "pushed") < len(tx)
     assert counted(first, "pushed") + counted(second, "pushed") >= len(tx)
     assert_online_equals_batch(settings, tx)
+
+
+def test_a_failing_push_is_retried_and_nothing_is_committed_until_it_succeeds(
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_prefix: str
+) -> None:
+    """The Feast store down (a push raising): the batch is retried, counted, and its offsets stay uncommitted (the
+    group's lag does not move) until the push succeeds; then everything is committed and online."""
+    tx, raw = prepared_small
+    settings = feature_store(tmp_path, raw)
+    publish(kafka_prefix, tx)
+    store = open_store(settings.feast_repo, settings.feast_data, settings.feast_config_file)
+    down = threading.Event()
+    down.set()
+
+    class Flaky(FeastSink):
+        def push(self, rows: pd.DataFrame) -> None:
+            if down.is_set():
+                raise ConnectionError("online store unreachable")
+            super().push(rows)
+
+    stream = StreamSettings(
+        kafka_bootstrap_servers=KAFKA_ADDR,
+        kafka_topic_prefix=kafka_prefix,
+        group_id="flaky",
+        push_retry_seconds=0.1,
+        port=0,
+    )
+    processor = StreamFeatureProcessor(stream, Flaky(store))
+    thread = threading.Thread(target=processor.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while (processor.registry.get_sample_value("mlplatform_stream_push_errors_total") or 0) < 3:
+            assert time.monotonic() < deadline, "the processor never tried to push"
+            time.sleep(0.05)
+        assert group_lag(stream) == len(tx)  # nothing committed while the store is down
+        assert counted(processor, "pushed") == 0
+        down.clear()
+        while group_lag(stream) > 0:
+            assert time.monotonic() < deadline + WAIT_SECONDS, "the processor did not recover"
+            time.sleep(0.1)
+    finally:
+        processor.stop_event.set()
+        thread.join(timeout=30)
+    assert counted(processor, "pushed") == len(tx)
+    assert_online_equals_batch(settings, tx)
