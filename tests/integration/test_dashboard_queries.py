@@ -1,7 +1,8 @@
 """Every dashboard and alert query parses on a real Prometheus and names metrics our processes really export.
 
 A real Prometheus scrapes (1) the serving metric families (serving.metrics.ServingMetrics, each family with a
-sample, served by prometheus_client as the serving processes do) and (2) the webhook receiver's real /metrics
+sample, served by prometheus_client as the serving processes do) and the stream feature processor's
+(mlplatform.features.stream.StreamMetrics), and (2) the webhook receiver's real /metrics
 (its FastAPI app under uvicorn). The monitor (mlplatform/monitoring/exporter.py) exports its gauges only after it has
 evaluated a window of real predictions, and the rollout controller (mlplatform/rollout/controller.py) only during a
 rollout, so their names are checked against the explicit allow-lists below (the names agreed in issue 5),
@@ -23,6 +24,7 @@ import uvicorn
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
+from mlplatform.features.stream import StreamMetrics
 from mlplatform.feedback.launchers import FunctionLauncher
 from mlplatform.feedback.webhook import Retrainer, WebhookSettings, create_app
 from mlplatform.local.prometheus import LocalPrometheus
@@ -91,6 +93,13 @@ def prom(tmp_path_factory: pytest.TempPathFactory, port_finder: Callable[[], int
     for component in ("transformer", "predictor"):
         port = port_finder()
         servers.append((port, *start_http_server(port, addr="127.0.0.1", registry=serving_registry(component))))
+    stream = CollectorRegistry()  # the stream feature processor's families (mlplatform/features/stream.py)
+    stream_metrics = StreamMetrics(stream)
+    stream_metrics.push_errors.inc()
+    stream_metrics.push_seconds.observe(0.01)
+    stream_metrics.freshness.observe(0.3)
+    port = port_finder()
+    servers.append((port, *start_http_server(port, addr="127.0.0.1", registry=stream)))
     retrainer = Retrainer(WebhookSettings(), FunctionLauncher(lambda p: None))
     webhook_port = port_finder()
     config = uvicorn.Config(create_app(retrainer, retrainer.settings), host="127.0.0.1", port=webhook_port)
