@@ -358,3 +358,30 @@ def test_a_failing_push_is_retried_and_nothing_is_committed_until_it_succeeds(
         thread.join(timeout=30)
     assert counted(processor, "pushed") == len(tx)
     assert_online_equals_batch(settings, tx)
+
+
+def test_features_backfill_publishes_history_and_names_bad_input(
+    prepared_small: tuple[pd.DataFrame, Path], tmp_path: Path, kafka_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlplatform features backfill`: the raw snapshot into the transactions topic (what a new stream starts from);
+    a missing file or a frame without the needed columns is refused with what is wrong."""
+    from typer.testing import CliRunner
+
+    from mlplatform.cli import app
+
+    tx, raw = prepared_small
+    monkeypatch.setenv("MLPLATFORM_STREAM_KAFKA_TOPIC_PREFIX", kafka_prefix)
+    runner = CliRunner()
+    result = runner.invoke(app, ["features", "backfill", "--transactions", str(raw), "--bootstrap-servers", KAFKA_ADDR])
+    assert result.exit_code == 0, result.output
+    history = pd.read_parquet(raw)
+    assert json.loads(result.output)["published"] == len(history)
+    assert group_lag(settings_for(kafka_prefix, "new-group")) == len(history)  # all of it, for a group's first read
+
+    monkeypatch.setenv("MLPLATFORM_STREAM_KAFKA_BOOTSTRAP_SERVERS", KAFKA_ADDR)  # the brokers from the environment
+    missing = runner.invoke(app, ["features", "backfill", "--transactions", str(tmp_path / "none.parquet")])
+    assert missing.exit_code != 0 and "does not exist" in " ".join(missing.output.split())
+    partial = tmp_path / "partial.parquet"
+    history.drop(columns=["merchant_category"]).to_parquet(partial)
+    refused = runner.invoke(app, ["features", "backfill", "--transactions", str(partial)])
+    assert refused.exit_code != 0 and "merchant_category" in " ".join(refused.output.split())
