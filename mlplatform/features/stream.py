@@ -355,7 +355,7 @@ class StreamFeatureProcessor:
         # Wait for the first event only, then take what has already arrived: a batch never waits to fill, so a
         # quiet stream adds no latency and a busy one still gets large batches.
         messages = self._consumer.consume(1, self.settings.poll_seconds)
-        if messages:
+        if messages and self.settings.batch_size > 1:
             messages += self._consumer.consume(self.settings.batch_size - 1, 0)
         self._alive = time.time()
         batch = []
