@@ -120,6 +120,7 @@ class KafkaInputs:
         self._consumer.subscribe(list(self.topics), on_assign=self._assigned)
         self._records: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._labels: dict[str, Label] = {}
+        self._next: dict[tuple[str, int], int] = {}  # per partition: the next offset to read
         self._lock = threading.Lock()  # one read at a time: the consumer is not for two threads
         self.skipped = 0  # values that were not a record or a label (logged, left out)
 
@@ -150,8 +151,13 @@ class KafkaInputs:
         """Start each partition at the horizon (by message time), whatever the group committed."""
         since_ms = int((time.time() - self.horizon_seconds) * 1000)
         wanted = [TopicPartition(tp.topic, tp.partition, since_ms) for tp in partitions]
-        found = consumer.offsets_for_times(wanted, timeout=30)
-        consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -1) for tp in found])
+        starts = []
+        for tp in consumer.offsets_for_times(wanted, timeout=30):
+            # No message since the horizon: start at the end (an explicit offset, so progress is measurable).
+            offset = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=30)[1]
+            self._next[(tp.topic, tp.partition)] = offset
+            starts.append(TopicPartition(tp.topic, tp.partition, offset))
+        consumer.assign(starts)
 
     def _catch_up(self) -> None:
         """Consume until every assigned partition is at the end it had when the read began."""
@@ -163,15 +169,14 @@ class KafkaInputs:
         assigned = self._consumer.assignment()
         ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in assigned}
         while True:
-            positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assigned)}
-            behind = [k for k, end in ends.items() if end > 0 and positions.get(k, -1) < end]
+            behind = [k for k, end in ends.items() if self._next.get(k, 0) < end]
             if not behind:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.source}: still behind on {behind} after {self.catch_up_seconds}s")
             self._take(self._consumer.consume(10_000, 0.2))
         self._prune()
-        if any(tp.offset >= 0 for tp in self._consumer.position(assigned)):
+        if self._next:
             try:
                 self._consumer.commit(asynchronous=False)  # the group's lag shows how far behind the monitor is
             except KafkaException as exc:
@@ -185,6 +190,8 @@ class KafkaInputs:
                     raise KafkaException(m.error())
                 continue
             kind = self.topics.get(m.topic())
+            key = (m.topic(), m.partition())
+            self._next[key] = max(self._next.get(key, 0), m.offset() + 1)
             try:
                 value = json.loads(m.value() or b"")
                 if not isinstance(value, dict) or value.get("schema_version") != SCHEMA_VERSION:
