@@ -35,14 +35,16 @@ class Broker:
     """A broker of its own, started and stopped with scripts/kafka.sh."""
 
     def __init__(self, state: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        # Two ports the kernel hands out as free at once (port + 1 could be any client's ephemeral port).
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            b.bind(("127.0.0.1", 0))
+            port, controller = a.getsockname()[1], b.getsockname()[1]
         self.address = f"127.0.0.1:{port}"
         self.env = {
             **os.environ,
             "MLPLATFORM_KAFKA_PORT": str(port),
-            "MLPLATFORM_KAFKA_CONTROLLER_PORT": str(port + 1 if port < 65535 else port - 1),
+            "MLPLATFORM_KAFKA_CONTROLLER_PORT": str(controller),
             "MLPLATFORM_SERVICES_DIR": str(state),
         }
 
@@ -58,8 +60,15 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "services")
-    b.up()
+    for attempt in range(3):  # a port taken between choosing it and the broker binding it: choose again
+        b = Broker(tmp_path / f"services-{attempt}")
+        try:
+            b.up()
+            break
+        except subprocess.CalledProcessError:
+            b.down()
+            if attempt == 2:
+                raise
     admin = AdminClient({"bootstrap.servers": b.address})
     admin.create_topics([NewTopic(PREDICTIONS.name, num_partitions=3, replication_factor=1)])[PREDICTIONS.name].result(
         60
