@@ -36,7 +36,7 @@ from mlplatform.features.compute import (
     model_input_arrays,
     on_demand_arrays,
 )
-from mlplatform.features.stream import transaction_event
+from mlplatform.features.stream_events import transaction_event
 from mlplatform.monitoring.prediction_log import PredictionLog
 from mlplatform.processes import init_process
 from serving.app import serve

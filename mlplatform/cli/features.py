@@ -57,10 +57,8 @@ def features_backfill(
 
     import pandas as pd
 
-    from mlplatform.features.stream import (  # deferred: Kafka and Feast load for this command only
-        StreamSettings,
-        backfill,
-    )
+    from mlplatform.features.stream import StreamSettings  # deferred: Kafka and Feast load for this command only
+    from mlplatform.features.stream_events import backfill  # deferred: as above
 
     settings = load_settings(StreamSettings, kafka_bootstrap_servers=bootstrap_servers)
     if not transactions.is_file():

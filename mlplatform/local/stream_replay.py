@@ -35,7 +35,8 @@ from mlplatform.features.compute import (
     unix_seconds,
 )
 from mlplatform.features.store import FEATURE_SERVICE, open_store
-from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings, backfill, group_lag
+from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings, group_lag
+from mlplatform.features.stream_events import backfill
 from mlplatform.local.serving import start_local
 from mlplatform.monitoring.drift import Window
 from mlplatform.monitoring.predictions import load_predictions

@@ -27,7 +27,8 @@ from components.features.step import run_features
 from mlplatform.events import DEAD_LETTER, SCHEMA_VERSION, TRANSACTIONS
 from mlplatform.features.compute import CUSTOMER_FEATURES, customer_features
 from mlplatform.features.store import open_store, source_dir
-from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings, backfill, group_lag
+from mlplatform.features.stream import FeastSink, StreamFeatureProcessor, StreamSettings, group_lag
+from mlplatform.features.stream_events import backfill
 from mlplatform.settings import PlatformSettings
 from tests.integration.conftest import KAFKA_ADDR, WAIT_SECONDS, free_port
 

@@ -11,7 +11,8 @@ import pytest
 from mlplatform.data.generator import GeneratorConfig, generate_transactions
 from mlplatform.events import SCHEMA_VERSION
 from mlplatform.features.compute import CUSTOMER_FEATURES, customer_features, unix_seconds
-from mlplatform.features.stream import CustomerHistory, PoisonEvent, StreamSettings, TransactionEvent, parse_transaction
+from mlplatform.features.stream import CustomerHistory, StreamSettings
+from mlplatform.features.stream_events import PoisonEvent, TransactionEvent, parse_transaction
 from mlplatform.settings import load_settings
 
 GOOD = {
