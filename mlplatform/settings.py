@@ -117,6 +117,39 @@ class PlatformSettings(BaseSettings):
         le=1,
         description="Promotion gate: largest PR-AUC drop allowed against the champion on the same test set.",
     )
+    gate_slice_max_regression: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Slice gate: PR-AUC or recall drop against the champion allowed on an important slice, before "
+        "the slice's own noise (gate_confidence_z standard errors of the paired difference) is added to it.",
+    )
+    gate_confidence_z: float = Field(
+        default=1.645,
+        ge=0,
+        description="Slice and inclusion gates: standard errors of a difference its tolerance allows for "
+        "(1.645: one-sided 95 %); the slice gate raises it for the number of slices it compares (Bonferroni).",
+    )
+    gate_slice_min_positives: int = Field(
+        default=10,
+        ge=1,
+        description="Slice and inclusion gates: frauds a slice or segment needs in the test set to be gated "
+        "(fewer: reported as not gated).",
+    )
+    gate_max_segment_recall_gap: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="Inclusion gate: largest recall difference between customer segments (its lower confidence "
+        "bound beyond this refuses the model).",
+    )
+    gate_max_segment_fpr_gap: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Inclusion gate: largest false-positive-rate difference between customer segments (its lower "
+        "confidence bound beyond this refuses the model).",
+    )
 
     @field_validator("mlflow_experiment", "registered_model_name")
     @classmethod

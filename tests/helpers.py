@@ -37,3 +37,43 @@ def train_and_register(settings: PlatformSettings, work: Path, max_epochs: int =
         settings.registered_model_name, f"{artifact_uri}/model", outcome.mlflow_run_id, {}, []
     )
     return str(registered.version)
+
+
+def evaluate_reference_run(work: Path) -> dict:
+    """The pipeline's data and model steps at the pipeline's default parameters (what `make run` trains):
+    ingest -> features -> training set -> train -> evaluate, MLflow tracking in `work` (its mlflow.db).
+
+    Returns:
+        settings, raw (the raw snapshot's path), report (the evaluation report), run_id (the training run),
+        model_dir and card (the model card's text).
+    """
+    from components.evaluate.step import MODEL_CARD_FILE, run_evaluate
+    from components.features.step import run_features
+    from components.ingest.step import run_ingest
+    from components.train.step import run_train
+    from components.training_set.step import run_training_set
+    from mlplatform.params import PipelineParams
+    from mlplatform.training.loop import TrainConfig
+
+    p = PipelineParams()
+    settings = PlatformSettings(work_dir=work)
+    raw = work / "raw.parquet"
+    run_ingest(raw, n_transactions=p.n_transactions, n_days=p.n_days, seed=p.seed)
+    run_features(raw, settings)
+    paths = {name: work / f"{name}.parquet" for name in ("train", "validation", "test")}
+    run_training_set(
+        raw, settings, p.validation_days, p.test_days, paths["train"], paths["validation"], paths["test"],
+        warmup_days=p.warmup_days,
+    )  # fmt: skip
+    config = TrainConfig(max_epochs=p.max_epochs, batch_size=p.batch_size, learning_rate=p.learning_rate, seed=p.seed)
+    model_dir = work / "model"
+    outcome = run_train(paths["train"], paths["validation"], model_dir, config, settings)
+    report = run_evaluate(model_dir, paths["validation"], paths["test"], settings, outcome.mlflow_run_id, work)
+    return {
+        "settings": settings,
+        "raw": raw,
+        "report": report,
+        "run_id": outcome.mlflow_run_id,
+        "model_dir": model_dir,
+        "card": (work / MODEL_CARD_FILE).read_text(),
+    }

@@ -13,14 +13,17 @@ from mlplatform import registry
 from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.evaluation import binary_metrics, evaluation_report, fit_rule_baseline
+from mlplatform.training.importance import permutation_importance
 from mlplatform.training.model import ModelConfig, load_model, predict_proba
+from mlplatform.training.quality_gates import GateSettings, compare_slices, segment_disparity
 
 REPORT_FILE = "evaluation.json"
 MODEL_CARD_FILE = "model_card.md"
 
 
-def champion_scores(model_name: str, x: np.ndarray) -> tuple[str, np.ndarray] | None:
-    """The current champion's version and its scores on `x`, None when there is no champion.
+def champion_scores(model_name: str, x: np.ndarray) -> tuple[str, np.ndarray, float] | None:
+    """The current champion's version, its scores on `x` and its operating threshold; None when there is no
+    champion.
 
     MLflow must be configured (`registry.configure`).
     """
@@ -31,7 +34,7 @@ def champion_scores(model_name: str, x: np.ndarray) -> tuple[str, np.ndarray] | 
     model, config = load_model(registry.download_version(champion))
     if list(config.feature_names) != list(MODEL_FEATURES):
         return None  # a champion on other features cannot be scored on this set
-    return champion.version, predict_proba(model, x)
+    return champion.version, predict_proba(model, x), config.threshold
 
 
 def model_card(report: dict[str, Any], config: ModelConfig, split_info: dict[str, Any]) -> str:
@@ -74,6 +77,7 @@ def model_card(report: dict[str, Any], config: ModelConfig, split_info: dict[str
     ]
     for name, s in report["slices"].items():
         lines.append(f"| {name} | {s['count']} | {s['positives']} | {s['pr_auc']:.3f} | {s['recall']:.3f} |")
+    lines += _gate_lines(report)
     lines += [
         "",
         "## Limits",
@@ -82,6 +86,56 @@ def model_card(report: dict[str, Any], config: ModelConfig, split_info: dict[str
         "- Fraud patterns drift: monitor feature and score drift and retrain on alerts.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _gate_lines(report: dict[str, Any]) -> list[str]:
+    """Model card sections: feature importance, the slice gate against the champion, recall and FPR per segment."""
+    lines = [
+        "",
+        "## Feature importance (test window)",
+        "PR-AUC lost when the feature is shuffled (mean of the shuffles, their standard deviation).",
+        "",
+        "| feature | PR-AUC drop | std | earns its keep |",
+        "|---|---|---|---|",
+    ]
+    for name, v in report["importance"].items():
+        keep = "yes" if v["measurable"] else "**no: adds nothing measurable**"
+        lines.append(f"| `{name}` | {v['pr_auc_drop']:.4f} | {v['std']:.4f} | {keep} |")
+    gate = report.get("slice_gate")
+    if gate:
+        lines += [
+            "",
+            f"### Slices against the champion (tolerance: allowed regression + {gate['z']:.2f} standard errors)",
+            "| slice | metric | model | champion | tolerance | frauds | regressed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in gate["compared"]:
+            lines.append(
+                f"| {r['slice']} | {r['metric']} | {r['candidate']:.3f} | {r['champion']:.3f} | "
+                f"{r['tolerance']:.3f} | {r['positives']} | {'**yes**' if r['regressed'] else 'no'} |"
+            )
+        if gate["not_gated"]:
+            lines.append(f"\nNot gated (too few frauds): {', '.join(gate['not_gated'])}.")
+    inclusion = report["inclusion"]
+    lines += [
+        "",
+        "### Customer segments (synthetic card type, not a model input)",
+        "| segment | rows | frauds | recall | false-positive rate |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in inclusion["segments"].items():
+        lines.append(
+            f"| {name} | {v['count']} | {v['positives']} | {v['recall']:.3f} | {v['false_positive_rate']:.4f} |"
+        )
+    for key, label in (("recall_gap", "recall"), ("false_positive_rate_gap", "false-positive rate")):
+        gap = inclusion.get(key)
+        if gap:
+            verdict = "beyond the bound" if gap["exceeded"] else "within it"
+            lines.append(
+                f"\nLargest {label} gap: {gap['gap']:.4f} ({gap['highest']} vs {gap['lowest']}, standard error "
+                f"{gap['standard_error']:.4f}, bound {gap['bound']}): {verdict}."
+            )
+    return lines
 
 
 def _row(name: str, m: dict[str, Any]) -> str:
@@ -113,14 +167,22 @@ def run_evaluate(
     scores = predict_proba(model, x_test)
     baseline = fit_rule_baseline(val, val["is_fraud"].to_numpy(np.int64), MODEL_FEATURES)
     report = evaluation_report(test, y_test, scores, config.threshold, baseline)
+    gate = GateSettings.of(settings)
+    both_classes = 0 < int(y_test.sum()) < len(y_test)
+    report["importance"] = permutation_importance(model, x_test, y_test, config.feature_names) if both_classes else {}
+    report["inclusion"] = segment_disparity(test, y_test, scores, config.threshold, gate)
     registry.configure(settings)
     champ = champion_scores(settings.registered_model_name, x_test)
     if champ is not None:
-        version, champ_scores = champ
+        version, champ_scores, champ_threshold = champ
         report["champion"] = {
             "version": version,
-            **binary_metrics(y_test, champ_scores, config.threshold),
+            "threshold": champ_threshold,
+            **binary_metrics(y_test, champ_scores, champ_threshold),
         }
+        report["slice_gate"] = compare_slices(
+            test, y_test, (scores, config.threshold), (champ_scores, champ_threshold), gate
+        )
     split_info = {
         "train_rows": config.metadata.get("train_rows", "n/a"),
         "validation_rows": len(val),
@@ -135,6 +197,10 @@ def run_evaluate(
         mlflow.log_metrics({f"baseline_{k}": v for k, v in report["baseline"].items() if isinstance(v, float)})
         if "champion" in report:
             mlflow.log_metric("champion_test_pr_auc", report["champion"]["pr_auc"])
+        mlflow.log_metrics({f"importance_{k}": v["pr_auc_drop"] for k, v in report["importance"].items()})
+        for key, gap in report["inclusion"].items():
+            if key.endswith("_gap") and gap:
+                mlflow.log_metric(f"segment_{key}", gap["gap"])
         mlflow.log_artifact(str(out_dir / REPORT_FILE), artifact_path="evaluation")
         mlflow.log_artifact(str(out_dir / MODEL_CARD_FILE), artifact_path="evaluation")
     return report

@@ -12,6 +12,7 @@ from mlplatform.features.compute import MODEL_FEATURES
 from mlplatform.features.store import FEATURE_SERVICE
 from mlplatform.params import trigger_tags
 from mlplatform.settings import PlatformSettings
+from mlplatform.training.quality_gates import quality_gate_reasons
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def run_register(
     champion = report.get("champion")
     champion_pr_auc = champion["pr_auc"] if champion else None
     reasons = registry.gate_reasons(report["model"], report["baseline"]["pr_auc"], champion_pr_auc, settings)
+    reasons += quality_gate_reasons(report)
     common = {
         "model_name": settings.registered_model_name,
         "test_pr_auc": report["model"]["pr_auc"],

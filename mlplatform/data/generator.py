@@ -28,6 +28,12 @@ _FRAUD_CATEGORIES = np.array([4, 5, 6, 7])
 # Under drift, fraud moves to small "card testing" purchases at everyday merchants.
 _DRIFT_FRAUD_CATEGORIES = np.array([0, 1, 2, 4])
 
+#: Synthetic customer segments (the card type), for inclusion checks only: never a model input, and assigned
+#: independently of behaviour, so a model that treats customers alike scores every segment alike.
+SEGMENTS: tuple[str, ...] = ("debit", "credit", "prepaid")
+#: Share of customers per segment, in the order of SEGMENTS.
+SEGMENT_SHARES: tuple[float, ...] = (0.55, 0.35, 0.10)
+
 #: Columns of the raw transactions table, in order.
 TRANSACTION_COLUMNS: tuple[str, ...] = (
     "transaction_id",
@@ -236,6 +242,22 @@ def generate_transactions(config: GeneratorConfig) -> pd.DataFrame:
     df = df.sort_values(["event_timestamp", "customer_id"], kind="stable").reset_index(drop=True)
     df["transaction_id"] = [f"tx-{config.seed}-{i:08d}" for i in range(len(df))]
     return df[list(TRANSACTION_COLUMNS)]
+
+
+def customer_segments(customer_id: np.ndarray | pd.Series) -> np.ndarray:
+    """The synthetic segment (SEGMENTS) of each customer: a pure function of the customer id (splitmix64 hash),
+    the same in every process, stream and dataset, with the shares of SEGMENT_SHARES.
+
+    It is documented as synthetic: the generator draws no behaviour from it, and no feature reads it.
+    """
+    x = np.asarray(customer_id, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    unit = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.asarray(SEGMENTS, dtype=object)[np.searchsorted(np.cumsum(SEGMENT_SHARES)[:-1], unit, side="right")]
 
 
 def write_transactions(df: pd.DataFrame, path: Path) -> Path:

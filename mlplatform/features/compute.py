@@ -65,8 +65,9 @@ MODEL_CUSTOMER_FEATURES: tuple[str, ...] = (
     "cust_txn_count_7d",
     "cust_amount_avg_30d",
 )
+#: merchant_txn_count_30d stays in the merchant view but left the model: shuffling it cost the model no PR-AUC
+#: (permutation importance -0.0003 +- 0.0032 on the 100k reference run, docs/adr/0022-model-quality-gates.md).
 MODEL_MERCHANT_FEATURES: tuple[str, ...] = (
-    "merchant_txn_count_30d",
     "merchant_amount_avg_30d",
     "merchant_fraud_rate_30d",
 )
@@ -81,7 +82,6 @@ FEATURE_DEFAULTS: dict[str, float] = {
     "cust_txn_count_24h": 0.0,
     "cust_txn_count_7d": 0.0,
     "cust_amount_avg_30d": 0.0,
-    "merchant_txn_count_30d": 0.0,
     "merchant_amount_avg_30d": 0.0,
     "merchant_fraud_rate_30d": MERCHANT_PRIOR_RATE,
 }

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from mlplatform.data.generator import CATEGORIES
+from mlplatform.data.generator import CATEGORIES, SEGMENTS, customer_segments
 
 
 def choose_threshold(y: np.ndarray, scores: np.ndarray) -> float:
@@ -91,10 +91,16 @@ def fit_rule_baseline(frame: pd.DataFrame, y: np.ndarray, features: Sequence[str
     return RuleBaseline(feature, direction, direction * choose_threshold(y, signed))
 
 
-def slice_metrics(
-    frame: pd.DataFrame, y: np.ndarray, scores: np.ndarray, threshold: float
-) -> dict[str, dict[str, float]]:
-    """Metrics per slice: merchant category, night vs day, amount band (slices with both classes)."""
+#: Amount bands of the amount slices, [lo, hi).
+AMOUNT_BANDS: tuple[tuple[float, float], ...] = ((0, 50), (50, 500), (500, np.inf))
+#: Least rows a slice needs to be reported.
+MIN_SLICE_ROWS = 20
+
+
+def slice_masks(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The important slices of a labelled set, by name: merchant category, night vs day, amount band, new vs
+    returning customer (no purchase in the 30 days before) and the customer's synthetic segment (never a model
+    input). The one definition the report, the slice gate and the inclusion check share."""
     slices: dict[str, np.ndarray] = {}
     if "merchant_category" in frame:
         cat = frame["merchant_category"].fillna(-1).astype(int).to_numpy()
@@ -105,11 +111,26 @@ def slice_metrics(
         slices["time=night"], slices["time=day"] = night, ~night
     if "amount" in frame:
         amount = frame["amount"].to_numpy()
-        for lo, hi in [(0, 50), (50, 500), (500, np.inf)]:
+        for lo, hi in AMOUNT_BANDS:
             slices[f"amount={lo}-{hi}"] = (amount >= lo) & (amount < hi)
+    if "cust_amount_avg_30d" in frame:
+        # amounts are at least 0.5, so a 30-day mean of 0 (or none) means no purchase in those 30 days
+        new = ~(pd.to_numeric(frame["cust_amount_avg_30d"]).fillna(0.0).to_numpy() > 0)
+        slices["customer=new"], slices["customer=returning"] = new, ~new
+    if "customer_id" in frame:
+        segment = customer_segments(frame["customer_id"].to_numpy())
+        for name in SEGMENTS:
+            slices[f"segment={name}"] = segment == name
+    return slices
+
+
+def slice_metrics(
+    frame: pd.DataFrame, y: np.ndarray, scores: np.ndarray, threshold: float
+) -> dict[str, dict[str, float]]:
+    """Metrics per slice of `slice_masks` (slices with at least MIN_SLICE_ROWS rows and both classes)."""
     out = {}
-    for name, m in slices.items():
-        if m.sum() >= 20 and 0 < y[m].sum() < m.sum():
+    for name, m in slice_masks(frame).items():
+        if m.sum() >= MIN_SLICE_ROWS and 0 < y[m].sum() < m.sum():
             out[name] = binary_metrics(y[m], scores[m], threshold)
     return out
 
