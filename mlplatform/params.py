@@ -37,6 +37,12 @@ class PipelineParams(BaseModel):
     max_epochs: int = Field(30, ge=1, le=1_000, description="Upper bound on training epochs.")
     batch_size: int = Field(1024, ge=16, le=1_048_576, description="Rows per training step.")
     learning_rate: float = Field(0.002, gt=0.0, lt=1.0, description="AdamW learning rate.")
+    tuning_run_id: str = Field(
+        "",
+        pattern=r"^([0-9a-f]{32})?$",
+        description="MLflow run id of `mlplatform tune`: train with its best hyperparameters instead of "
+        "max_epochs, batch_size and learning_rate; empty: the defaults.",
+    )
     trigger: str = Field(
         "manual",
         min_length=1,

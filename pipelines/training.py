@@ -64,6 +64,7 @@ def training_pipeline(
     batch_size: int = DEFAULTS.batch_size,
     learning_rate: float = DEFAULTS.learning_rate,
     trigger: str = DEFAULTS.trigger,
+    tuning_run_id: str = DEFAULTS.tuning_run_id,
 ) -> str:
     """Raw data to a registered model version (parameter ranges: mlplatform.params.PipelineParams).
 
@@ -81,6 +82,8 @@ def training_pipeline(
         batch_size: Rows per training step.
         learning_rate: AdamW learning rate.
         trigger: Why the run was started (manual, schedule, alert:<alertname>@<fingerprint>); an MLflow run tag.
+        tuning_run_id: MLflow run of `mlplatform tune` whose best hyperparameters the train step uses instead
+            of max_epochs, batch_size and learning_rate; empty (the default): those.
 
     Returns:
         The register step's JSON summary with the deployment's outcome (deployed, promoted or rolled back).
@@ -126,6 +129,7 @@ def training_pipeline(
             learning_rate=learning_rate,
             seed=seed,
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            tuning_run_id=tuning_run_id,
         )
         .set_display_name("train")
         .after(checked)

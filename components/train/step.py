@@ -13,9 +13,10 @@ from mlplatform import registry
 from mlplatform.features.compute import MODEL_FEATURES, model_input
 from mlplatform.monitoring.stats import reference_stats
 from mlplatform.settings import PlatformSettings
-from mlplatform.training.evaluation import choose_threshold
+from mlplatform.training.evaluation import binary_metrics, choose_threshold
 from mlplatform.training.loop import EpochResult, TrainConfig, TrainResult, train_model
 from mlplatform.training.model import ModelConfig, predict_proba, save_model
+from mlplatform.training.tuning import apply_params, load_best_params
 
 if TYPE_CHECKING:
     import mlflow
@@ -35,6 +36,8 @@ class TrainOutcome:
     device: str
     final_train_loss: float
     best_val_loss: float
+    #: PR-AUC of the saved model on the validation window (the tuning objective); None without fraud there.
+    val_pr_auc: float | None = None
 
 
 def _loss_curve_png(history: list[EpochResult], path: Path) -> None:
@@ -92,6 +95,16 @@ def run_train(
         return finish_training(result, model_config, x_tr, x_va, y_va, model_dir, run.info.run_id)
 
 
+def tuned_config(config: TrainConfig, tuning_run_id: str, settings: PlatformSettings) -> tuple[TrainConfig, list[int]]:
+    """`config` with the best hyperparameters a tuning run recorded (`mlplatform tune`), and its layer widths.
+
+    Raises:
+        TuningError: When the run is not a tuning run of this search space.
+    """
+    registry.configure(settings)
+    return apply_params(load_best_params(tuning_run_id), config, space=None)  # checked against its own space
+
+
 def start_or_resume_run(
     experiment_id: str, run_name: str | None, tags: dict[str, str] | None, checkpoint_dir: Path | None
 ) -> mlflow.ActiveRun:
@@ -145,6 +158,8 @@ def finish_training(
 
     val_scores = predict_proba(result.model, x_va)
     model_config.threshold = choose_threshold(y_va, val_scores)
+    pr_auc = binary_metrics(y_va, val_scores, model_config.threshold)["pr_auc"]
+    val_pr_auc = float(pr_auc) if np.isfinite(pr_auc) else None
     model_config.metadata = {
         "mlflow_run_id": mlflow_run_id,
         "best_epoch": result.best_epoch,
@@ -162,6 +177,7 @@ def finish_training(
             "best_epoch": result.best_epoch,
             "best_val_loss": best_val,
             "operating_threshold": model_config.threshold,
+            **({"val_pr_auc": val_pr_auc} if val_pr_auc is not None else {}),
         }
     )
     mlflow.set_tags({"device": result.device, "world_size": str(result.world_size)})
@@ -173,4 +189,5 @@ def finish_training(
         device=result.device,
         final_train_loss=result.history[-1].train_loss,
         best_val_loss=best_val,
+        val_pr_auc=val_pr_auc,
     )

@@ -77,6 +77,10 @@ WarmupDays = Annotated[
 MaxEpochs = Annotated[int | None, typer.Option("--max-epochs", help="Upper bound on training epochs.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Rows per training step.")]
 LearningRate = Annotated[float | None, typer.Option("--learning-rate", help="AdamW learning rate.")]
+TuningRunId = Annotated[
+    str | None,
+    typer.Option("--tuning-run-id", help="MLflow run id of `mlplatform tune`: train with its best hyperparameters."),
+]
 Trigger = Annotated[
     str | None,
     typer.Option("--trigger", help="Why the run starts (manual, schedule, alert:<name>@<fingerprint>); an MLflow tag."),

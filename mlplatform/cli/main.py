@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlplatform.cli import features, feedback, monitor, pipeline, registry_access, rollout, run, score, serve
+from mlplatform.cli import features, feedback, monitor, pipeline, registry_access, rollout, run, score, serve, tune
 from mlplatform.processes import init_process
 
 app = typer.Typer(help="mlplatform: raw data to a registered fraud model and beyond.", no_args_is_help=True)
@@ -13,6 +13,8 @@ app.command("deploy")(serve.deploy)
 app.command("serve")(serve.serve)
 app.command("webhook")(feedback.webhook)
 app.command("score")(score.score_command)
+app.command("tune")(tune.tune)
+app.command("train")(tune.train)
 app.add_typer(features.features_app, name="features")
 app.add_typer(pipeline.pipeline_app, name="pipeline")
 app.add_typer(monitor.monitor_app, name="monitor")

@@ -20,6 +20,7 @@ from mlplatform.cli.common import (
     SourcePath,
     TestDays,
     Trigger,
+    TuningRunId,
     ValidationDays,
     WarmupDays,
     console,
@@ -73,6 +74,7 @@ def pipeline_submit(
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,
     trigger: Trigger = None,
+    tuning_run_id: TuningRunId = None,
 ) -> None:
     """Create a run of the training pipeline on a Kubeflow Pipelines endpoint."""
     from urllib.parse import urlparse

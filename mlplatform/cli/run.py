@@ -21,6 +21,7 @@ from mlplatform.cli.common import (
     SourcePath,
     TestDays,
     Trigger,
+    TuningRunId,
     ValidationDays,
     WarmupDays,
     WorkDir,
@@ -56,6 +57,7 @@ def run(
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,
     trigger: Trigger = None,
+    tuning_run_id: TuningRunId = None,
     serve: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Serve the champion afterwards and show a few predictions.")
     ] = True,
