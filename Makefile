@@ -136,8 +136,21 @@ bench-cluster: venv tools kube-tools ## control plane: cold/warm build, start, h
 bench-streaming: venv services ## stream feature processor: events/s, freshness lag at 200/s, online=offline replay, endpoint p99 publishing on vs off (JSON)
 	$(PY) benchmarks/bench_streaming.py --output benchmarks/results/streaming.json
 
+.PHONY: bench-staleness
+bench-staleness: venv ## PR-AUC per week of model age under gradual drift -> loss per week, alert threshold, retraining cadence (JSON)
+	$(PY) benchmarks/bench_staleness.py --output benchmarks/results/staleness.json
+
+# Not part of `make bench`: a dozen full training runs (about 10 minutes on 2 busy cores).
+.PHONY: bench-tuning
+bench-tuning: venv ## train-step defaults vs a seeded Optuna search (12 trials, 60k transactions): test PR-AUC, gain, wall time (JSON)
+	$(PY) benchmarks/bench_tuning.py --output benchmarks/results/tuning.json
+
+.PHONY: bench-features
+bench-features: venv ## each model feature's permutation importance beside its online bytes and lookup time, reference run (JSON)
+	$(PY) benchmarks/bench_features.py --output benchmarks/results/features.json
+
 .PHONY: bench
-bench: bench-pipeline bench-train bench-serving bench-streaming ## all benchmarks
+bench: bench-pipeline bench-train bench-serving bench-streaming bench-staleness bench-features ## all benchmarks
 
 .PHONY: clean
 clean: ## remove run outputs (keeps .venv)

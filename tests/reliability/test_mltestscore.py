@@ -66,3 +66,20 @@ def test_score_command_prints_the_table_and_writes_json(monkeypatch: pytest.Monk
     assert result.exit_code == 0, result.output
     assert "ML Test Score" in result.output and "final score (minimum)" in result.output
     assert json.loads(out.read_text())["final"] == mltestscore.score()["final"]
+
+
+def test_every_section_scores_at_least_five_from_the_tests_pytest_collects(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Breck et al.'s 'strong levels of automated testing and monitoring' (above 5) in every section, counted from
+    the tests this checkout really has (node IDs and mltest markers; `make test` runs them all, so a failing one
+    fails the build)."""
+    items = request.session.items
+    collected = {i.nodeid: [str(m.args[0]) for m in i.iter_markers("mltest") if m.args] for i in items}
+    if len({n.split("::")[0] for n in collected}) < 20:  # run alone: collect the whole suite
+        collected = mltestscore.collect()
+    monkeypatch.setattr(mltestscore, "collect", lambda paths=("tests",), timeout_seconds=600: collected)
+    result = mltestscore.score()
+    low = {s: v for s, v in result["sections"].items() if v < 5}
+    assert not low, {c["id"]: c["how"] for c in result["checks"] if c["score"] < 1}
+    assert result["final"] >= 5
