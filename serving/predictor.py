@@ -3,7 +3,7 @@
 The artifact is a local folder (on a cluster KServe's storage initializer puts it in /mnt/models):
 weights (safetensors), model_config.json (feature order, threshold) and reference statistics. No
 registry call happens on the request path. Speaks KServe v1 (`{"instances": [[...13 floats], ...]}`)
-and the Open Inference Protocol v2 (input `features`, FP32, shape [n, 13]).
+and the Open Inference Protocol v2 (input `features`, FP32, shape [n, len(MODEL_FEATURES)]).
 
 Post-assertion: a non-finite or out-of-range score is replaced by `fallback_score` of that row,
 flagged in the response and counted in `mlplatform_prediction_fallbacks_total`.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -16,8 +16,9 @@ from mlplatform import registry
 from mlplatform.cli.common import WorkDir, console, guarded
 from mlplatform.errors import ConfigError
 from mlplatform.settings import PlatformSettings, load_settings
-from mlplatform.training import katib, tuning
-from mlplatform.training.loop import TrainConfig
+
+if TYPE_CHECKING:  # torch and optuna load when a command runs, not with every CLI invocation (`mlplatform serve`)
+    from mlplatform.training import katib, tuning
 
 TrainingSet = Annotated[
     Path | None,
@@ -98,6 +99,8 @@ def tune(
 
     The id goes to the next pipeline run: `mlplatform run --tuning-run-id ID` trains with the best configuration.
     """
+    from mlplatform.training import katib, tuning  # noqa: F811 - torch and optuna, for this command only
+
     settings = load_settings(PlatformSettings, work_dir=work_dir)
     if katib_result is not None:
         _record_katib(katib_result, settings)
@@ -130,6 +133,8 @@ def tune(
 
 def print_result(result: tuning.TuneResult) -> None:
     """The trials, the best configuration and the parent run id."""
+    from mlplatform.training import tuning  # noqa: F811 - torch and optuna, for this command only
+
     short = {"learning_rate": "lr", "weight_decay": "wd", "hidden_width": "width", "batch_size": "batch"}
     names = [p.name for p in tuning.SEARCH_SPACE]
     table = Table("#", "state", "val PR-AUC", "epochs", *(short.get(n, n.replace("_", " ")) for n in names))
@@ -158,6 +163,7 @@ def _render_katib(
     data_dir: str | None,
     options: katib.ExperimentOptions,
 ) -> None:
+    from mlplatform.training import katib, tuning  # noqa: F811 - torch and optuna, for this command only
     from pipelines.training import (  # deferred: KFP loads for --katib-out only
         MLFLOW_CREDENTIALS_ENV,
         MLFLOW_CREDENTIALS_SECRET,
@@ -190,6 +196,8 @@ def _render_katib(
 
 
 def _record_katib(path: Path, settings: PlatformSettings) -> None:
+    from mlplatform.training import katib, tuning  # noqa: F811 - torch and optuna, for this command only
+
     if not path.is_file():
         raise ConfigError(f"--katib-result {path} does not exist")
     try:
@@ -225,16 +233,22 @@ def train(
     validation: ValidationPath = None,
     model_dir: Annotated[Path, typer.Option("--model-dir", help="Where the trained model is written.")] = Path("model"),
     learning_rate: Annotated[
-        float, typer.Option("--learning-rate", help="AdamW learning rate.")
-    ] = TrainConfig.learning_rate,
+        float | None, typer.Option("--learning-rate", help="AdamW learning rate (default: the train step's).")
+    ] = None,
     weight_decay: Annotated[
-        float, typer.Option("--weight-decay", help="AdamW weight decay.")
-    ] = TrainConfig.weight_decay,
+        float | None, typer.Option("--weight-decay", help="AdamW weight decay (default: the train step's).")
+    ] = None,
     hidden_width: Annotated[int, typer.Option("--hidden-width", help="Width of the first hidden layer.")] = 64,
     depth: Annotated[int, typer.Option("--depth", help="Hidden layers (each half as wide as the one before).")] = 2,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per step.")] = TrainConfig.batch_size,
-    max_epochs: Annotated[int, typer.Option("--max-epochs", help="Upper bound on epochs.")] = TrainConfig.max_epochs,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random generator.")] = TrainConfig.seed,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Rows per step (default: the train step's).")
+    ] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option("--max-epochs", help="Upper bound on epochs (default: the train step's).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of every random generator (default: the train step's).")
+    ] = None,
     run_name: Annotated[str | None, typer.Option("--run-name", help="MLflow run name.")] = None,
     parent_run_id: Annotated[
         str | None, typer.Option("--parent-run-id", help="MLflow run this one is a child of (a tuning search).")
@@ -243,23 +257,26 @@ def train(
 ) -> None:
     """Run the train step on a training set; print `val_pr_auc=...` and `best_val_loss=...` (read by Katib)."""
     from components.train.step import run_train  # deferred: the train step's stack loads for this command only
+    from mlplatform.training import tuning  # noqa: F811 - torch and optuna, for this command only
+    from mlplatform.training.loop import TrainConfig  # torch, for this command only
 
     settings = load_settings(PlatformSettings, work_dir=work_dir)
     train_path, validation_path = _splits(training_set, train, validation)
     if not 1 <= depth <= 8 or not 1 <= hidden_width <= 4096:
         raise ConfigError(f"--depth must be in [1, 8] and --hidden-width in [1, 4096], got {depth} and {hidden_width}")
     try:
-        config = TrainConfig(
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            max_epochs=max_epochs,
-            seed=seed,
-        )
+        given = {
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "batch_size": batch_size,
+            "max_epochs": max_epochs,
+            "seed": seed,
+        }
+        config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise ConfigError(f"invalid training option: {exc}") from None
-    if weight_decay < 0:
-        raise ConfigError(f"--weight-decay must be >= 0, got {weight_decay}")
+    if config.weight_decay < 0:
+        raise ConfigError(f"--weight-decay must be >= 0, got {config.weight_decay}")
     # a child run of the search (MLflow's own parent tag), as the local search's trials are
     tags = {"mlflow.parentRunId": parent_run_id, "tuning.trial": run_name or ""} if parent_run_id else None
     outcome = run_train(

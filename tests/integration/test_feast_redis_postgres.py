@@ -124,7 +124,7 @@ def test_online_features_through_service_are_latest_materialized(redis_pg_store:
     assert out["cust_amount_avg_30d"][known] == pytest.approx(float(expected["cust_amount_avg_30d"]), rel=1e-9)
     assert out["cust_txn_count_7d"][last] == int(expected_last["cust_txn_count_7d"])
     assert out["cust_amount_avg_30d"][last] == pytest.approx(float(expected_last["cust_amount_avg_30d"]), rel=1e-9)
-    assert out["merchant_txn_count_30d"][known] is not None
+    assert out["merchant_amount_avg_30d"][known] is not None and out["merchant_fraud_rate_30d"][known] is not None
     for name in MODEL_CUSTOMER_FEATURES:
         assert out[name][unknown] is None, f"{name} of an unknown customer should be missing, got {out[name][unknown]}"
     for name in ON_DEMAND_FEATURES:

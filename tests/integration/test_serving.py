@@ -246,7 +246,8 @@ def test_v2_routes_follow_the_protocol_spec(served: Served) -> None:
         _spec_validator("metadata_server_response").validate(c.get("/v2").json())
         meta = _without_nulls(c.get(f"/v2/models/{NAME}").json(), {"versions"})
         _spec_validator("metadata_model_response").validate(meta)
-        request = {"inputs": [{"name": "features", "shape": [1, 13], "datatype": "FP32", "data": [0.5] * 13}]}
+        n = len(MODEL_FEATURES)
+        request = {"inputs": [{"name": "features", "shape": [1, n], "datatype": "FP32", "data": [0.5] * n}]}
         _spec_validator("inference_request").validate(request)
         response = c.post(f"/v2/models/{NAME}/infer", json=request)
         assert response.status_code == 200

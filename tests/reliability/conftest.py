@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.features.compute import MODEL_FEATURES
 from mlplatform.local.serving import LocalService
 from tests.reliability.fuzz import Endpoint, Tally
 from tests.reliability.stack import NAME, TOKEN, Stack, serving_stack
@@ -32,7 +33,7 @@ def endpoints(stack: Stack, service: LocalService) -> list[Endpoint]:
     """The transformer and the predictor of `service`, each with a valid request of its own."""
     headers = {"authorization": f"Bearer {TOKEN}"}
     valid_tx = {"instances": stack.valid_transactions(2)}
-    valid_rows = {"instances": [[0.5] * 13]}
+    valid_rows = {"instances": [[0.5] * len(MODEL_FEATURES)]}
     return [
         Endpoint("transformer", service.url, NAME, headers, valid_tx),
         Endpoint("predictor", service.predictor_url, NAME, headers, valid_rows),

@@ -20,8 +20,12 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from mlplatform.features.compute import MODEL_FEATURES
+
 #: Total generated cases of one run; `make test` runs a few hundred, `make reliability` >= 10,000.
 DEFAULT_CASES = 400
+#: Columns of the predictor's v2 `features` input.
+N_FEATURES = len(MODEL_FEATURES)
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "upstream" / "kserve" / "rest_predict_v2.yaml"
 TEN_MB = 10 * 1024 * 1024
 JSON = {"content-type": "application/json"}
@@ -210,21 +214,25 @@ CORPUS: list[tuple[str, str, str, bytes, dict[str, str]]] = [
         "v2-int8-overflow",
         "POST",
         "/v2/models/{model}/infer",
-        b'{"inputs": [{"name": "features", "shape": [1, 13], "datatype": "INT8", "data": [1000' + b", 1" * 12 + b"]}]}",
+        b'{"inputs": [{"name": "features", "shape": [1, %d], "datatype": "INT8", "data": [1000' % N_FEATURES
+        + b", 1" * (N_FEATURES - 1)
+        + b"]}]}",
         JSON,
     ),  # fmt: skip
     (
         "v2-data-string",
         "POST",
         "/v2/models/{model}/infer",
-        b'{"inputs": [{"name": "features", "shape": [1, 13], "datatype": "FP32", "data": "abc"}]}',
+        b'{"inputs": [{"name": "features", "shape": [1, %d], "datatype": "FP32", "data": "abc"}]}' % N_FEATURES,
         JSON,
     ),  # fmt: skip
     (
         "v2-nan",
         "POST",
         "/v2/models/{model}/infer",
-        b'{"inputs": [{"name": "features", "shape": [1, 13], "datatype": "FP32", "data": [NaN' + b", 1" * 12 + b"]}]}",
+        b'{"inputs": [{"name": "features", "shape": [1, %d], "datatype": "FP32", "data": [NaN' % N_FEATURES
+        + b", 1" * (N_FEATURES - 1)
+        + b"]}]}",
         JSON,
     ),  # fmt: skip
     ("v2-columns-missing", "POST", "/v2/models/{model}/infer", _v2(("customer_id", "INT64", [1])), JSON),
@@ -367,7 +375,7 @@ def v2_requests(draw: st.DrawFn, names: list[str]) -> tuple[bytes, dict[str, str
 @st.composite
 def predictor_v1_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     """Predictor v1 rows: wrong widths, NaN/Inf, huge numbers, batch sizes 0..300."""
-    width = draw(st.sampled_from([0, 1, 12, 13, 14]))
+    width = draw(st.sampled_from([0, 1, N_FEATURES - 1, N_FEATURES, N_FEATURES + 1]))
     row = draw(st.lists(_numbers | _json_values, min_size=width, max_size=width))
     rows = [row] * draw(st.sampled_from([0, 1, 2, 256, 257]))
     payload: Any = {"instances": rows} if draw(st.integers(0, 9)) else draw(_json_values)

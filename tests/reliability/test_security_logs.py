@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from mlplatform.features.compute import MODEL_FEATURES
 from mlplatform.local.serving import LocalService
 from tests.reliability.stack import TOKEN, Stack
 
@@ -29,7 +30,8 @@ def test_serving_logs_hold_neither_the_token_nor_request_values(stack: Stack, se
         assert client.post(service.predict_url, json=good).status_code == 401
         wrong = {"authorization": f"Bearer {TOKEN}-wrong"}
         assert client.post(service.predict_url, json=good, headers=wrong).status_code == 401
-        v2 = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 13], "data": [CANARY_AMOUNT] * 13}]}
+        n = len(MODEL_FEATURES)
+        v2 = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, n], "data": [CANARY_AMOUNT] * n}]}
         assert client.post(f"{service.predictor_url}/v2/models/{service.model_name}/infer", json=v2, headers=auth)
     logs = {p.name: p.read_text(errors="replace") for p in service.log_dir.glob("*.log")}
     assert set(logs) == {"predictor.log", "transformer.log"}
