@@ -20,16 +20,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlplatform.features import store as featurestore
+from mlplatform.features.compute import ON_DEMAND_INPUTS, on_demand_arrays
+from mlplatform.features.cost import feature_refs, lookup_seconds, on_demand_views, stored_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
+# a script, not a package: the checkout's tests/ and benchmarks/ are importable once these are on the path
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import describe  # noqa: E402  (benchmarks/machine.py, importable after the path insert)
 
-from mlplatform.features import store as featurestore  # noqa: E402
-from mlplatform.features.compute import ON_DEMAND_INPUTS, on_demand_arrays  # noqa: E402
-from mlplatform.features.cost import feature_refs, lookup_seconds, on_demand_views, stored_bytes  # noqa: E402
-from tests.helpers import evaluate_reference_run  # noqa: E402
+from tests.helpers import evaluate_reference_run  # noqa: E402  (the checkout's tests/, after the path insert)
 
 
 def main() -> None:

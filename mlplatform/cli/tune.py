@@ -99,7 +99,7 @@ def tune(
 
     The id goes to the next pipeline run: `mlplatform run --tuning-run-id ID` trains with the best configuration.
     """
-    from mlplatform.training import katib, tuning  # noqa: F811 - torch and optuna, for this command only
+    from mlplatform.training import katib, tuning  # torch and optuna, for this command only
 
     settings = load_settings(PlatformSettings, work_dir=work_dir)
     if katib_result is not None:
@@ -133,7 +133,7 @@ def tune(
 
 def print_result(result: tuning.TuneResult) -> None:
     """The trials, the best configuration and the parent run id."""
-    from mlplatform.training import tuning  # noqa: F811 - torch and optuna, for this command only
+    from mlplatform.training import tuning  # torch and optuna, for this command only
 
     short = {"learning_rate": "lr", "weight_decay": "wd", "hidden_width": "width", "batch_size": "batch"}
     names = [p.name for p in tuning.SEARCH_SPACE]
@@ -163,7 +163,7 @@ def _render_katib(
     data_dir: str | None,
     options: katib.ExperimentOptions,
 ) -> None:
-    from mlplatform.training import katib, tuning  # noqa: F811 - torch and optuna, for this command only
+    from mlplatform.training import katib, tuning  # torch and optuna, for this command only
     from pipelines.training import (  # deferred: KFP loads for --katib-out only
         MLFLOW_CREDENTIALS_ENV,
         MLFLOW_CREDENTIALS_SECRET,
@@ -196,7 +196,7 @@ def _render_katib(
 
 
 def _record_katib(path: Path, settings: PlatformSettings) -> None:
-    from mlplatform.training import katib, tuning  # noqa: F811 - torch and optuna, for this command only
+    from mlplatform.training import katib, tuning  # torch and optuna, for this command only
 
     if not path.is_file():
         raise ConfigError(f"--katib-result {path} does not exist")
@@ -257,7 +257,7 @@ def train(
 ) -> None:
     """Run the train step on a training set; print `val_pr_auc=...` and `best_val_loss=...` (read by Katib)."""
     from components.train.step import run_train  # deferred: the train step's stack loads for this command only
-    from mlplatform.training import tuning  # noqa: F811 - torch and optuna, for this command only
+    from mlplatform.training import tuning  # torch and optuna, for this command only
     from mlplatform.training.loop import TrainConfig  # torch, for this command only
 
     settings = load_settings(PlatformSettings, work_dir=work_dir)
