@@ -17,6 +17,7 @@ from mlplatform.http_servers import uvicorn_options
 from serving.errors import install_handlers
 from serving.fastpath import FastPath
 from serving.settings import ServingSettings
+from serving.tensor_hop import TensorServer
 
 #: Paths that run a model and so need the token when one is set (health and metrics stay open).
 _PROTECTED_PREFIXES = ("/v1/models/", "/v2/models/")
@@ -142,12 +143,16 @@ def _answer_unserved_routes(app: FastAPI) -> None:
     app.add_api_route("/v1/models/{model_name}:explain", no_explainer, methods=["POST"], include_in_schema=False)
 
 
-def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> None:
-    """Run KServe's model server for `model` (loaded) with our app additions, until SIGTERM/SIGINT."""
+def serve(
+    model: Model, args: argparse.Namespace, settings: ServingSettings, tensor_hop: TensorServer | None = None
+) -> None:
+    """Run KServe's model server for `model` (loaded) with our app additions, until SIGTERM/SIGINT; with
+    `tensor_hop` (the predictor's, collocated) that server too, in the same event loop, stopped with the others."""
     metrics = getattr(model, "metrics", None)
     prepare_app(settings, on_reject=metrics.request if metrics is not None else None, model=model)
     _listen_as_configured(settings)
-    server = ModelServer(
+    server = _ModelServer(
+        tensor_hop,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         enable_grpc=args.enable_grpc,
@@ -162,6 +167,21 @@ def serve(model: Model, args: argparse.Namespace, settings: ServingSettings) -> 
 
         RESTServer._add_middlewares = lambda self, app: None
     server.start([model])
+
+
+class _ModelServer(ModelServer):
+    """KServe's model server, also running the tensor hop's server (if any) until the others stop."""
+
+    def __init__(self, tensor_hop: TensorServer | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tensor_hop = tensor_hop
+        if tensor_hop is not None:
+            self.servers.append(tensor_hop.run())
+
+    def stop(self, sig: int) -> None:
+        super().stop(sig)
+        if self.tensor_hop is not None:
+            self.tensor_hop.stop()
 
 
 def _listen_as_configured(settings: ServingSettings) -> None:

@@ -18,9 +18,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.processes import init_process
-from serving.app import serve
 from serving.metrics import ServingMetrics
-from serving.predictor import FraudPredictor, build_parser
+from serving.predictor import FraudPredictor, build_parser, run
 from serving.settings import ServingSettings
 
 FaultKind = Literal["none", "errors", "shift", "slow"]
@@ -80,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     settings = ServingSettings()
-    model = FaultyPredictor(args.model_name, args.model_dir, settings)
-    model.load()
-    serve(model, args, settings)
+    run(FaultyPredictor(args.model_name, args.model_dir, settings), args, settings)
 
 
 if __name__ == "__main__":

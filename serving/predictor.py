@@ -28,6 +28,7 @@ from serving.app import serve
 from serving.errors import InvalidRequest
 from serving.metrics import ServingMetrics
 from serving.settings import ServingSettings
+from serving.tensor_hop import TensorServer
 
 INPUT_NAME = "features"
 OUTPUT_SCORE = "score"
@@ -104,6 +105,11 @@ class FraudPredictor(Model):
                 rows = np.asarray(instances, dtype=np.float32)
             except (ValueError, TypeError):
                 raise InvalidRequest("instances", f"must be rows of {n_features} numbers") from None
+        return rows
+
+    def check_rows(self, rows: np.ndarray) -> np.ndarray:
+        """`rows` if the model can score them (shape, size, finite values), else InvalidRequest naming what is wrong."""
+        n_features = len(self.feature_names)
         if rows.ndim != 2 or rows.shape[1] != n_features:
             raise InvalidRequest("instances", f"must have shape [n, {n_features}], got {list(rows.shape)}")
         if rows.shape[0] == 0:
@@ -129,12 +135,12 @@ class FraudPredictor(Model):
             raw = np.where(bad, fallback_score(rows, self.feature_names), raw)
         return raw, bad
 
-    def predict(
-        self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
-    ) -> dict[str, Any] | InferResponse:
+    def score_request(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One request's rows checked (`check_rows`) and scored (`score`), counted in the metrics: the v1 and v2
+        routes and the collocated transformer's tensor hop (serving/tensor_hop.py) all answer through it."""
         start = time.perf_counter()
         try:
-            rows = self._rows(payload)
+            rows = self.check_rows(rows)
         except InvalidInput:
             self.metrics.request("invalid")
             raise
@@ -146,6 +152,17 @@ class FraudPredictor(Model):
         self.metrics.scores(scores.tolist())
         self.metrics.stage("predict", time.perf_counter() - start)
         self.metrics.request("ok")
+        return scores, fallback
+
+    def predict(
+        self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | InferResponse:
+        try:
+            rows = self._rows(payload)
+        except InvalidInput:
+            self.metrics.request("invalid")
+            raise
+        scores, fallback = self.score_request(rows)
         if isinstance(payload, InferRequest):
             return InferResponse(
                 model_name=self.name,
@@ -179,9 +196,23 @@ def main(argv: list[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     settings = ServingSettings()
-    model = FraudPredictor(args.model_name, args.model_dir, settings)
+    run(FraudPredictor(args.model_name, args.model_dir, settings), args, settings)
+
+
+def run(model: FraudPredictor, args: argparse.Namespace, settings: ServingSettings) -> None:
+    """Load `model` and serve it: KServe's routes and, where the settings name a socket, the collocated
+    transformer's tensor hop (serving/tensor_hop.py)."""
     model.load()
-    serve(model, args, settings)
+    hop = None
+    if settings.predictor_socket is not None:
+        hello = {
+            "model_version": settings.model_version,
+            "role": settings.role,
+            "threshold": model.config.threshold if model.config else None,
+            "n_features": len(model.feature_names),
+        }
+        hop = TensorServer(settings.predictor_socket, model.score_request, hello, settings.max_batch_size)
+    serve(model, args, settings, tensor_hop=hop)
 
 
 if __name__ == "__main__":

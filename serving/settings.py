@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.events import KafkaConnection
 from mlplatform.http import HttpBodySettings
+from serving.tensor_hop import check_path
 
 Role = Literal["stable", "canary"]
 
@@ -46,6 +47,12 @@ class ServingSettings(HttpBodySettings, KafkaConnection, BaseSettings):
     predictor_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of one call from the transformer to the predictor."
     )
+    predictor_socket: Path | None = Field(
+        default=None,
+        description="Unix socket of the collocated predictor's tensor hop (serving/tensor_hop.py), in a folder both "
+        "containers mount: the predictor listens on it and the transformer calls the model over it instead of "
+        "HTTP. Unset: the transformer calls the predictor's v1 route over HTTP (the separate-pod layout).",
+    )
     max_inflight_requests: int = Field(
         default=64,
         ge=1,
@@ -81,6 +88,11 @@ class ServingSettings(HttpBodySettings, KafkaConnection, BaseSettings):
     auth_token: SecretStr | None = Field(
         default=None, description="When set, every inference request needs `Authorization: Bearer <token>`."
     )
+
+    @field_validator("predictor_socket")
+    @classmethod
+    def _socket_path_fits(cls, path: Path | None) -> Path | None:
+        return None if path is None else check_path(path)
 
     @model_validator(mode="after")
     def _events_need_a_spool(self) -> ServingSettings:

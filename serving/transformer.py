@@ -44,6 +44,7 @@ from serving.errors import InvalidRequest, ServiceUnavailable
 from serving.metrics import ServingMetrics
 from serving.schema import Transaction, parse_v1, parse_v2_columns
 from serving.settings import ServingSettings
+from serving.tensor_hop import INVALID, OK, HopError, TensorClient
 
 CUSTOMER_VIEW, MERCHANT_VIEW = "customer_stats", "merchant_stats"
 FEATURE_REFS = [f"{CUSTOMER_VIEW}:{f}" for f in CUSTOMER_FEATURES] + [f"{MERCHANT_VIEW}:{f}" for f in MERCHANT_FEATURES]
@@ -114,6 +115,8 @@ class FraudTransformer(Model):
         self.log: PredictionLog | None = None
         self.events: Publisher | None = None
         self._session: Any = None  # aiohttp.ClientSession to the predictor, created in the server's loop
+        # collocated: the predictor's tensor hop instead of HTTP
+        self.hop = TensorClient(settings.predictor_socket) if settings.predictor_socket is not None else None
         self._async_reads = False
 
     def load(self) -> bool:
@@ -275,22 +278,40 @@ class FraudTransformer(Model):
         except orjson.JSONDecodeError:
             raise ServiceUnavailable("predictor", "answered something that is not JSON") from None
 
+    async def _call_hop(self, rows: np.ndarray) -> dict[str, Any]:
+        """Score rows over the collocated predictor's tensor hop (serving/tensor_hop.py) with the settings' deadline;
+        the answer in the shape of the predictor's v1 response, failures as `_call_predictor`'s."""
+        assert self.hop is not None
+        try:
+            answer = await self.hop.score(rows, self.settings.predictor_timeout_seconds)
+        except TimeoutError:
+            raise ServiceUnavailable("predictor", "no answer within the deadline") from None
+        except HopError as exc:
+            raise ServiceUnavailable("predictor", f"unreachable ({exc})") from None
+        if answer.status != OK:
+            status = 400 if answer.status == INVALID else 500  # what the v1 route answers for the same failure
+            raise ServiceUnavailable("predictor", f"answered {status}: {answer.message[:200]}")
+        return {"predictions": answer.scores, "fallback": answer.fallback, **self.hop.hello}
+
     def validate(self, payload: Any) -> Any:
         return payload  # preprocess has validated the request and built the predictor's input
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         scoring: Scoring = payload
         start = time.perf_counter()
-        forward = {"x-request-id": scoring.request_id, "content-type": "application/json"}
-        if self.settings.auth_token is not None:  # a predictor given the same token checks it too (local serving)
-            forward["authorization"] = f"Bearer {self.settings.auth_token.get_secret_value()}"
         try:
-            response = await self._call_predictor(orjson.dumps({"instances": scoring.rows.tolist()}), forward)
+            if self.hop is not None:
+                response = await self._call_hop(scoring.rows)
+            else:
+                forward = {"x-request-id": scoring.request_id, "content-type": "application/json"}
+                if self.settings.auth_token is not None:  # a predictor given the same token checks it too
+                    forward["authorization"] = f"Bearer {self.settings.auth_token.get_secret_value()}"
+                response = await self._call_predictor(orjson.dumps({"instances": scoring.rows.tolist()}), forward)
         except ServiceUnavailable:
             self.metrics.request("unavailable")
             raise
         predictions = response.get("predictions") if isinstance(response, dict) else None
-        if not isinstance(predictions, list) or len(predictions) != len(scoring.transactions):
+        if not isinstance(predictions, list | np.ndarray) or len(predictions) != len(scoring.transactions):
             self.metrics.request("error")
             raise ServiceUnavailable("predictor", "answered an unexpected response")
         scoring.scores = np.asarray(predictions, dtype=np.float64)

@@ -1,12 +1,15 @@
-"""The local stand-in for an InferenceService: predictor and transformer as two processes on localhost."""
+"""The local stand-in for an InferenceService: predictor and transformer as two processes on localhost, the
+transformer calling the predictor over the collocated tensor hop (or HTTP)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +93,7 @@ class LocalService:
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     host: str = LOOPBACK
+    socket_dir: Path | None = None  # the tensor hop's folder when this service made it (removed by stop)
 
     @property
     def url(self) -> str:
@@ -119,6 +123,8 @@ class LocalService:
                     proc.kill()
                     proc.wait()
             codes[role] = proc.returncode
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
         return codes
 
     def __enter__(self) -> LocalService:
@@ -146,6 +152,8 @@ _MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "p
 
 #: The serving processes' listen address (`ServingSettings.host`; mlplatform does not import serving).
 SERVING_HOST_VARIABLE = "MLPLATFORM_SERVING_HOST"
+#: The collocated predictor's tensor hop (`ServingSettings.predictor_socket`).
+SOCKET_VARIABLE = "MLPLATFORM_SERVING_PREDICTOR_SOCKET"
 
 
 def client_host(env: dict[str, str]) -> str:
@@ -183,8 +191,13 @@ def start_local(
     predictor_grpc_port: int = 0,
     timeout_seconds: float = 120.0,
     predictor_module: str = "serving.predictor",
+    tensor_hop: bool = True,
 ) -> LocalService:
     """Start predictor and transformer processes and wait until both report the model ready.
+
+    Like the collocated pod (ADR 0016) the transformer calls the predictor over its tensor hop, a Unix socket in a
+    private temporary folder (`MLPLATFORM_SERVING_PREDICTOR_SOCKET`, unless `env` names one); `tensor_hop=False`
+    calls it over HTTP, as the separate-pod layout does.
 
     Args:
         model_dir: The model artifact folder (what KServe would mount at /mnt/models).
@@ -196,12 +209,19 @@ def start_local(
         predictor_grpc_port: 0 picks a free port.
         timeout_seconds: Readiness deadline per process.
         predictor_module: Module run as the predictor (tests substitute a deliberately broken one).
+        tensor_hop: Transformer to predictor over the tensor hop (True) or HTTP.
 
     Raises:
         ServingStartError: When a process exits early or does not become ready.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     full_env = _child_env(env)
+    socket_dir = None
+    if not tensor_hop:
+        full_env.pop(SOCKET_VARIABLE, None)
+    elif not full_env.get(SOCKET_VARIABLE):  # a short path: sockaddr_un holds 107 bytes
+        socket_dir = Path(tempfile.mkdtemp(prefix="mlplatform-hop-"))  # owner-only
+        full_env[SOCKET_VARIABLE] = str(socket_dir / "predictor.sock")
     service = LocalService(
         model_name=model_name,
         transformer_port=transformer_port or free_port(),
@@ -209,6 +229,7 @@ def start_local(
         predictor_grpc_port=predictor_grpc_port or free_port(),
         log_dir=log_dir,
         host=client_host(full_env),
+        socket_dir=socket_dir,
     )
     commands = {
         "predictor": [

@@ -296,20 +296,29 @@ def test_corrupt_artifact_is_refused_before_serving(served: Served, tmp_path: Pa
     assert prepare(served.settings, "champion").model_version == served.version  # the registered one is fine
 
 
+@pytest.mark.parametrize("tensor_hop", [True, False], ids=["collocated-tensor-hop", "separate-http"])
 def test_graceful_stop_logs_every_answered_prediction_and_a_dead_predictor_means_503(
-    served: Served, tmp_path: Path
+    served: Served, tmp_path: Path, tensor_hop: bool
 ) -> None:
+    """In both layouts' hops (the collocated pod's tensor socket, separate pods' HTTP) the same scores as the
+    module's service, every answered prediction logged, and 503 naming the predictor once it is gone."""
     env = {**serving_env(served.settings, served.version), "MLPLATFORM_SERVING_PREDICTION_LOG_DIR": str(tmp_path / "p")}
-    service = start_local(served.model_dir, env=env, log_dir=tmp_path / "logs")
+    service = start_local(served.model_dir, env=env, log_dir=tmp_path / "logs", tensor_hop=tensor_hop)
     try:
+        listening = service.socket_dir is not None and (service.socket_dir / "predictor.sock").is_socket()
+        assert listening == tensor_hop
         (c, m), t = _recent_pairs(served.raw, 1)[0], _after_end(served)
         answered = 0
         with httpx.Client(timeout=10) as client:
             for i in range(60):
                 tx = {"customer_id": c, "merchant_id": m, "amount": 10.0 + i, "timestamp": t + i}
-                r = client.post(service.predict_url, json={"instances": [tx, {**tx, "amount": 99.0}]})
+                body = {"instances": [tx, {**tx, "amount": 99.0}]}
+                r = client.post(service.predict_url, json=body)
                 assert r.status_code == 200
                 answered += len(r.json()["predictions"])
+                if i == 0:  # the module's service calls its predictor over the tensor hop
+                    reference = client.post(served.service.predict_url, json=body).json()["predictions"]
+                    assert [p["score"] for p in r.json()["predictions"]] == [p["score"] for p in reference]
             service.processes["predictor"].send_signal(signal.SIGKILL)
             service.processes["predictor"].wait()
             r = client.post(service.predict_url, json={"instances": [tx]})

@@ -374,6 +374,15 @@ def test_serving_runtime_and_inference_service_follow_the_serving_contract(layou
     assert env["MLPLATFORM_SERVING_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "mlplatform-serving-token"
     mounts = {m["mountPath"] for m in transformer["volumeMounts"]}
     assert mounts == {"/tmp", "/var/lib/mlplatform/predictions"}
+    # collocated, both containers name the tensor hop's socket in the pod's tmp volume, which both mount at /tmp
+    socket = "/tmp/mlplatform-hop/predictor.sock"
+    runtime_env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert runtime_env.get("MLPLATFORM_SERVING_PREDICTOR_SOCKET") == (socket if collocated else None)
+    assert env.get("MLPLATFORM_SERVING_PREDICTOR_SOCKET", {}).get("value") == (socket if collocated else None)
+    if collocated:
+        predictor_mounts = {m["mountPath"]: m["name"] for m in model["volumeMounts"]}
+        transformer_mounts = {m["mountPath"]: m["name"] for m in transformer["volumeMounts"]}
+        assert predictor_mounts["/tmp"] == transformer_mounts["/tmp"] == "tmp"
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:

@@ -191,6 +191,13 @@ routes to, and calls the predictor on localhost here). Separate pods: each serve
 {{- if eq .Values.fraudDetector.layout "collocated" }}8085{{ else }}8080{{ end -}}
 {{- end }}
 
+{{/* Collocated, the transformer calls the model over the predictor's tensor hop (serving/tensor_hop.py): a Unix
+socket in the pod's `tmp` emptyDir, which both containers mount at /tmp (owner-only; nothing outside the pod). */}}
+{{- define "mlplatform.fraudDetector.hopSocketEnv" -}}
+- name: MLPLATFORM_SERVING_PREDICTOR_SOCKET
+  value: /tmp/mlplatform-hop/predictor.sock
+{{- end }}
+
 {{/*
 The fraud detector's transformer container, alike in both layouts (fraudDetector.layout) but for its name, ports
 and where its version and role come from.
@@ -216,6 +223,9 @@ and where its version and role come from.
     - --enable_predictor_health_check
     {{- end }}
   env:
+    {{- if $collocated }}
+    {{- include "mlplatform.fraudDetector.hopSocketEnv" . | nindent 4 }}
+    {{- end }}
     - name: MLPLATFORM_SERVING_MODEL_VERSION
       value: {{ ternary "{{index .Annotations `mlplatform.io/model-version`}}" "shared" $collocated | quote }}
     - name: MLPLATFORM_SERVING_ROLE
