@@ -28,7 +28,8 @@ from mlplatform.settings import PlatformSettings
 from mlplatform.training.evaluation import binary_metrics
 from mlplatform.training.loop import TrainConfig, resolve_device, train_model
 from mlplatform.training.model import ModelConfig, predict_proba
-from mlplatform.training.tuning import TuneOptions, apply_params, default_params, trial_summary, tune
+from mlplatform.training.search_space import apply_params, default_params
+from mlplatform.training.tuning import TuneOptions, trial_summary, tune
 
 
 def scores(params: dict, frames: dict[str, pd.DataFrame], seed: int, device: str) -> dict[str, float]:

@@ -16,7 +16,8 @@ from mlplatform.settings import PlatformSettings
 from mlplatform.training.evaluation import binary_metrics, choose_threshold
 from mlplatform.training.loop import EpochResult, TrainConfig, TrainResult, train_model
 from mlplatform.training.model import ModelConfig, predict_proba, save_model
-from mlplatform.training.tuning import apply_params, load_best_params
+from mlplatform.training.search_space import apply_params
+from mlplatform.training.tuning import load_best_params
 
 if TYPE_CHECKING:
     import mlflow

@@ -133,10 +133,10 @@ def tune(
 
 def print_result(result: tuning.TuneResult) -> None:
     """The trials, the best configuration and the parent run id."""
-    from mlplatform.training import tuning  # torch and optuna, for this command only
+    from mlplatform.training import search_space, tuning  # torch and optuna, for this command only
 
     short = {"learning_rate": "lr", "weight_decay": "wd", "hidden_width": "width", "batch_size": "batch"}
-    names = [p.name for p in tuning.SEARCH_SPACE]
+    names = [p.name for p in search_space.SEARCH_SPACE]
     table = Table("#", "state", "val PR-AUC", "epochs", *(short.get(n, n.replace("_", " ")) for n in names))
     for t in result.trials:
         value = "" if t.value is None or math.isnan(t.value) else f"{t.value:.4f}"
@@ -257,7 +257,7 @@ def train(
 ) -> None:
     """Run the train step on a training set; print `val_pr_auc=...` and `best_val_loss=...` (read by Katib)."""
     from components.train.step import run_train  # deferred: the train step's stack loads for this command only
-    from mlplatform.training import tuning  # torch and optuna, for this command only
+    from mlplatform.training import search_space, tuning  # torch and optuna, for this command only
     from mlplatform.training.loop import TrainConfig  # torch, for this command only
 
     settings = load_settings(PlatformSettings, work_dir=work_dir)
@@ -285,7 +285,7 @@ def train(
         model_dir,
         config,
         settings,
-        hidden_units=tuning.hidden_units(hidden_width, depth),
+        hidden_units=search_space.hidden_units(hidden_width, depth),
         run_name=run_name,
         tags=tags,
     )

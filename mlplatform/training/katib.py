@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlplatform.errors import ConfigError
-from mlplatform.training.tuning import OBJECTIVE_METRIC, SEARCH_SPACE, Param, check_params
+from mlplatform.training.search_space import SEARCH_SPACE, Param, check_params
+from mlplatform.training.tuning import OBJECTIVE_METRIC
 
 API_VERSION = "kubeflow.org/v1beta1"
 KIND = "Experiment"

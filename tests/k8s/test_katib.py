@@ -22,7 +22,8 @@ from mlplatform.cli import app
 from mlplatform.errors import ConfigError
 from mlplatform.settings import PlatformSettings
 from mlplatform.training import katib
-from mlplatform.training.tuning import OBJECTIVE_METRIC, SEARCH_SPACE, TUNING_RUN_TAG, default_params
+from mlplatform.training.search_space import SEARCH_SPACE, default_params
+from mlplatform.training.tuning import OBJECTIVE_METRIC, TUNING_RUN_TAG
 from tests.k8s import kube
 
 pytestmark = pytest.mark.k8s

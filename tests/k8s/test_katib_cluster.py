@@ -17,7 +17,8 @@ from mlplatform import registry
 from mlplatform.cli import app
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.katib import PARENT_RUN_ANNOTATION
-from mlplatform.training.tuning import OBJECTIVE_METRIC, default_params, load_best_params
+from mlplatform.training.search_space import default_params
+from mlplatform.training.tuning import OBJECTIVE_METRIC, load_best_params
 from scripts.kube.sandbox import ControlPlane
 from tests.k8s.cluster import api_client, ensure_namespace, install_crds, kubectl
 from tests.k8s.test_katib import trial_job

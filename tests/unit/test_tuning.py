@@ -1,5 +1,5 @@
-"""Hyperparameter tuning (mlplatform.training.tuning): trials as MLflow child runs, pruning, determinism, bad input,
-and the pipeline's use of the best configuration."""
+"""Hyperparameter tuning (mlplatform.training.tuning, its search space mlplatform.training.search_space): trials as
+MLflow child runs, pruning, determinism, bad input, and the pipeline's use of the best configuration."""
 
 from __future__ import annotations
 
@@ -20,19 +20,21 @@ from mlplatform.errors import ConfigError
 from mlplatform.params import parse_params
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.loop import TrainConfig
-from mlplatform.training.tuning import (
-    BEST_ARTIFACT,
+from mlplatform.training.search_space import (
     SEARCH_SPACE,
-    TRIAL_STATE_TAG,
-    TUNING_RUN_TAG,
     Param,
-    TuneOptions,
-    TuneResult,
-    TuningError,
     apply_params,
     check_params,
     default_params,
     hidden_units,
+)
+from mlplatform.training.tuning import (
+    BEST_ARTIFACT,
+    TRIAL_STATE_TAG,
+    TUNING_RUN_TAG,
+    TuneOptions,
+    TuneResult,
+    TuningError,
     load_best_params,
     tune,
 )
