@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse
 
 from mlplatform.features.compute import model_input_arrays
+from mlplatform.features.online import OnlineReader
 from mlplatform.features.store import default_repo_path, open_store
 from mlplatform.training.model import load_model
 from serving.schema import parse_v1
@@ -30,13 +31,14 @@ def build_app(model_dir: Path) -> FastAPI:
     repo = settings.feast_repo_path or default_repo_path()
     store = open_store(repo, settings.feast_data_dir or repo, settings.feast_config_file)
     store.get_online_features(features=FEATURE_REFS, entity_rows=[{"customer_id": 0, "merchant_id": 0}])
+    reader = OnlineReader(store, FEATURE_REFS, lean=settings.lean_online_reads)  # the transformer's lookup
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(request: Request) -> ORJSONResponse:
         txs = parse_v1(await request.json(), settings.max_batch_size, settings.max_amount)
         rows = [{"customer_id": t.customer_id, "merchant_id": t.merchant_id} for t in txs]
-        online = (await store.get_online_features_async(features=FEATURE_REFS, entity_rows=rows)).to_dict()
+        online = await reader.read(rows)
         x = model_input_arrays(assemble_features(txs, online))
         with torch.inference_mode():
             scores = torch.sigmoid(model(torch.from_numpy(x))).tolist()

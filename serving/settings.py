@@ -39,6 +39,11 @@ class ServingSettings(HttpBodySettings, KafkaConnection, BaseSettings):
     feature_timeout_seconds: float = Field(
         default=0.5, gt=0, description="Deadline of one online feature lookup (the whole batch)."
     )
+    lean_online_reads: bool = Field(
+        default=True,
+        description="Read the Redis online store in one pipeline with the store's own methods instead of Feast's "
+        "generic online read (mlplatform/features/online.py; about half the CPU; other stores always use Feast's).",
+    )
     feature_store_failure: Literal["fallback", "reject"] = Field(
         default="fallback",
         description="When the online store fails or times out: score with default features and flag the "

@@ -36,6 +36,7 @@ from mlplatform.features.compute import (
     model_input_arrays,
     on_demand_arrays,
 )
+from mlplatform.features.online import OnlineReader
 from mlplatform.features.stream_events import transaction_event
 from mlplatform.monitoring.prediction_log import PredictionLog
 from mlplatform.processes import init_process
@@ -117,7 +118,7 @@ class FraudTransformer(Model):
         self._session: Any = None  # aiohttp.ClientSession to the predictor, created in the server's loop
         # collocated: the predictor's tensor hop instead of HTTP
         self.hop = TensorClient(settings.predictor_socket) if settings.predictor_socket is not None else None
-        self._async_reads = False
+        self.reader: OnlineReader | None = None  # opened in `load`
 
     def load(self) -> bool:
         """Open the feature store and the prediction log."""
@@ -131,8 +132,7 @@ class FraudTransformer(Model):
             data_dir = self.settings.feast_data_dir or repo
             self.store = open_store(repo, data_dir, self.settings.feast_config_file)
         self.store.refresh_registry()
-        online_store = self.store._get_provider().online_store
-        self._async_reads = bool(online_store.async_supported.read)
+        self.reader = OnlineReader(self.store, FEATURE_REFS, lean=self.settings.lean_online_reads)
         # warm-up: the first lookup loads registry objects and opens connections; no request should pay for it
         self.store.get_online_features(features=FEATURE_REFS, entity_rows=[{"customer_id": 0, "merchant_id": 0}])
         if self.settings.prediction_log_dir is not None:
@@ -179,12 +179,8 @@ class FraudTransformer(Model):
         entity_rows = [{"customer_id": t.customer_id, "merchant_id": t.merchant_id} for t in transactions]
         start = time.perf_counter()
         try:
-            if self._async_reads:
-                call = self.store.get_online_features_async(features=FEATURE_REFS, entity_rows=entity_rows)
-            else:
-                call = asyncio.to_thread(self.store.get_online_features, features=FEATURE_REFS, entity_rows=entity_rows)
-            response = await asyncio.wait_for(call, timeout=self.settings.feature_timeout_seconds)
-            values = response.to_dict()
+            call = self.reader.read(entity_rows)
+            values = await asyncio.wait_for(call, timeout=self.settings.feature_timeout_seconds)
         except TimeoutError:
             reason = "timeout"
         except Exception:  # the store's client raises its own types (redis, sqlite, grpc)

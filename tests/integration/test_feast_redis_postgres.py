@@ -3,6 +3,7 @@ PostgreSQL SQL registry (feature_repo/feature_store_redis_postgres.yaml), agains
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ from mlplatform.features.compute import (
     ON_DEMAND_FEATURES,
     customer_features,
 )
+from mlplatform.features.online import OnlineReader
 from mlplatform.settings import PlatformSettings
+from serving.transformer import FEATURE_REFS
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +141,42 @@ def test_missing_env_var_is_a_config_error(tmp_path: Path, monkeypatch: pytest.M
     settings = PlatformSettings(work_dir=tmp_path, feast_config_file=CONFIG_FILE)
     with pytest.raises(ConfigError, match="MLPLATFORM_FEAST_REDIS"):
         featurestore.open_store(settings.feast_repo, settings.feast_data, CONFIG_FILE)
+
+
+def _same(a: object, b: object) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def test_the_lean_online_read_equals_feasts_value_by_value(redis_pg_store: RedisPgStore, prepared) -> None:
+    """The serving path's read of Redis (mlplatform/features/online.py) against Feast's own online read: every
+    feature the transformer requests, for known and unknown customers and merchants, single and batched, repeated
+    entities; a store that is not plain Redis (the embedded SQLite one) is read by Feast."""
+    s = redis_pg_store
+    store = _open(s.settings)
+    store.refresh_registry()
+    lean, generic = OnlineReader(store, FEATURE_REFS), OnlineReader(store, FEATURE_REFS, lean=False)
+    assert lean.lean and not generic.lean
+    pairs = s.raw[["customer_id", "merchant_id"]].drop_duplicates().sample(60, random_state=3).astype(int)
+    known = [{"customer_id": c, "merchant_id": m} for c, m in pairs.itertuples(index=False)]
+    unknown = [{"customer_id": 10**9 + i, "merchant_id": 10**9 + i} for i in range(3)]
+    batches = [[r] for r in known[:40]] + [known[40:50] + unknown, known[50:] + known[50:52], unknown[:1]]
+
+    async def both() -> list[tuple[dict[str, list[Any]], dict[str, list[Any]]]]:  # one loop: the clients keep theirs
+        return [(await generic.read(rows), await lean.read(rows)) for rows in batches]
+
+    seen: set[str] = set()
+    for rows, (expected, got) in zip(batches, asyncio.run(both()), strict=True):
+        for ref in FEATURE_REFS:
+            name = ref.partition(":")[2]
+            assert len(got[name]) == len(rows)
+            mismatched = [(e, g) for e, g in zip(expected[name], got[name], strict=True) if not _same(e, g)]
+            assert not mismatched, f"{name}: Feast read {mismatched[0][0]!r}, the lean read {mismatched[0][1]!r}"
+            seen.update("none" if v is None else "value" for v in got[name])
+    assert seen == {"none", "value"}  # both hits and misses were compared
+
+    embedded = featurestore.open_store(prepared.settings.feast_repo, prepared.settings.feast_data)
+    sqlite = OnlineReader(embedded, FEATURE_REFS)
+    assert not sqlite.lean
+    one = prepared.frame("test").iloc[0]
+    row = {"customer_id": int(one["customer_id"]), "merchant_id": int(one["merchant_id"])}
+    assert set(asyncio.run(sqlite.read([row]))) >= {ref.partition(":")[2] for ref in FEATURE_REFS}
