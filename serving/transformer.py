@@ -2,10 +2,11 @@
 
 KServe runs it in front of the predictor (a separate container on a cluster, a separate process
 locally). Per request it validates the transactions (`serving.schema`), looks up the customer and
-merchant features through Feast with a deadline, computes the on-demand features with the same
-function the offline store uses (`mlplatform.features.compute.on_demand_features`), builds the model input in
-training order, calls the predictor over HTTP, and answers score, decision and model version. Every
-answered transaction is appended to the prediction log.
+merchant features in the online store with a deadline (`mlplatform.features.online`), computes the on-demand
+features with the same function the offline store uses (`mlplatform.features.compute.on_demand_features`), builds
+the model input in training order, calls the predictor (collocated over the tensor hop, `serving.tensor_hop`; in
+separate pods over HTTP), and answers score, decision and model version. Every answered transaction is appended to
+the prediction log.
 
 Unknown customers or merchants are scored with default features (`FEATURE_DEFAULTS`) and flagged
 `unknown_customer` / `unknown_merchant`. When the online store fails or misses its deadline the
