@@ -147,7 +147,7 @@ bench-tuning: venv ## train-step defaults vs a seeded Optuna search (12 trials, 
 
 .PHONY: bench-features
 bench-features: venv ## each model feature's permutation importance beside its online bytes and lookup time, reference run (JSON)
-	$(PY) benchmarks/bench_features.py --output benchmarks/results/features.json
+	PYTHONPATH=. $(PY) benchmarks/bench_features.py --output benchmarks/results/features.json
 
 .PHONY: bench
 bench: bench-pipeline bench-train bench-serving bench-streaming bench-staleness bench-features ## all benchmarks

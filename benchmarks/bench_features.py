@@ -12,26 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from machine import describe  # benchmarks/machine.py, beside this script
 
 from mlplatform.features import store as featurestore
 from mlplatform.features.compute import ON_DEMAND_INPUTS, on_demand_arrays
 from mlplatform.features.cost import feature_refs, lookup_seconds, on_demand_views, stored_bytes
+from tests.helpers import evaluate_reference_run  # the checkout's tests/: run with PYTHONPATH=. (make bench-features)
 
 ROOT = Path(__file__).resolve().parents[1]
-# a script, not a package: the checkout's tests/ and benchmarks/ are importable once these are on the path
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from machine import describe  # noqa: E402  (benchmarks/machine.py, importable after the path insert)
-
-from tests.helpers import evaluate_reference_run  # noqa: E402  (the checkout's tests/, after the path insert)
 
 
 def main() -> None:

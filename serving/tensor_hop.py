@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from kserve.errors import InvalidInput
 
 HELLO = b"MLH1"
 REQUEST = b"MLQ1"
@@ -105,20 +105,14 @@ class TensorServer:
 
     async def run(self) -> None:
         """Listen until `stop`; the socket file is owner-only and removed at the end."""
-        from kserve.errors import InvalidInput  # kserve's error class: what the predictor's checks raise
-
-        self._invalid = InvalidInput
         self._stopped = asyncio.Event()
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         binding = self.path.with_name(f"{self.path.name}.new")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(binding)
         server = await asyncio.start_unix_server(self._serve, path=str(binding))
         os.chmod(binding, 0o600)
-        os.replace(binding, self.path)  # the path appears listening and owner-only, never half-made
+        os.replace(binding, self.path)  # appears listening and owner-only; replaces a dead process's socket
         try:
             if not self._stopping:
                 await self._stopped.wait()
@@ -152,7 +146,7 @@ class TensorServer:
     def _answer(self, request_id: int, rows: np.ndarray) -> bytes:
         try:
             scores, fallback = self.score(rows)
-        except self._invalid as exc:
+        except InvalidInput as exc:
             return _message(request_id, INVALID, str(exc))
         except Exception as exc:  # a failing model answers an error, as the HTTP route's 500 does
             return _message(request_id, ERROR, f"{type(exc).__name__}: {exc}")

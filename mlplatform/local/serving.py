@@ -219,7 +219,7 @@ def start_local(
     socket_dir = None
     if not tensor_hop:
         full_env.pop(SOCKET_VARIABLE, None)
-    elif not full_env.get(SOCKET_VARIABLE):  # a short path: sockaddr_un holds 107 bytes
+    elif not full_env.get(SOCKET_VARIABLE):  # a short path: the hop takes at most 103 bytes (sockaddr_un)
         socket_dir = Path(tempfile.mkdtemp(prefix="mlplatform-hop-"))  # owner-only
         full_env[SOCKET_VARIABLE] = str(socket_dir / "predictor.sock")
     service = LocalService(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,11 @@ from mlplatform.metric_names import (
     SERVER_ERROR_OUTCOMES,
     STAGE_SECONDS,
 )
+from mlplatform.monitoring.grafana import RATE, Panel, dashboard, quantiles, rate_sum
 from mlplatform.settings import PROJECT_ROOT
 
 ROOT = PROJECT_ROOT
 OUTPUT_DIRS = (ROOT / "monitoring" / "dashboards", ROOT / "helm" / "mlplatform" / "files" / "dashboards")
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 #: Label matchers every serving panel applies (dashboard variables).
 MODEL = 'model_name=~"$model_name"'
 CLIENT = f'{MODEL},component="transformer"'
@@ -38,100 +37,10 @@ CLIENT = f'{MODEL},component="transformer"'
 #: own, one transformer revision (model_version="shared", role="stable") fronts every predictor revision, so every
 #: per-version panel reads the predictor's series; the transformer's are client-facing totals.
 VERSIONED = f'{MODEL},component="{ANALYSED_COMPONENT}"'
-RATE = "$__rate_interval"
 _SERVER_ERROR_RE = "|".join(SERVER_ERROR_OUTCOMES)
 SERVER_ERRORS = f'{CLIENT},outcome=~"{_SERVER_ERROR_RE}"'
 VERSIONED_ERRORS = f'{VERSIONED},outcome=~"{_SERVER_ERROR_RE}"'
 BELOW_HALF, ALL_SCORES = ',le="0.5"', ',le="+Inf"'
-
-
-def _rate(metric: str, matchers: str, by: str | None = None) -> str:
-    """`sum by (by) (rate(metric{matchers}[$__rate_interval]))`; a plain sum when `by` is None."""
-    grouping = f" by ({by})" if by else ""
-    return f"sum{grouping} (rate({metric}{{{matchers}}}[{RATE}]))"
-
-
-@dataclass
-class Panel:
-    """One panel: a title, PromQL targets (expr, legend) and how to draw them."""
-
-    title: str
-    targets: list[tuple[str, str]]
-    kind: str = "timeseries"
-    unit: str = "short"
-    description: str = ""
-    width: int = 12
-    height: int = 8
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def _panel(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
-    return {
-        "id": panel_id,
-        "type": p.kind,
-        "title": p.title,
-        "description": p.description,
-        "datasource": DATASOURCE,
-        "gridPos": {"h": p.height, "w": p.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
-        "options": p.options,
-        "targets": [
-            {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i)}
-            for i, (expr, legend) in enumerate(p.targets)
-        ],
-    }
-
-
-def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
-    """A Grafana dashboard (schema 39) with a Prometheus datasource variable and a model_name variable."""
-    laid_out, x, y, row_height = [], 0, 0, 0
-    for i, p in enumerate(panels, start=1):
-        if x + p.width > 24:
-            x, y, row_height = 0, y + row_height, 0
-        laid_out.append(_panel(p, i, x, y))
-        x, row_height = x + p.width, max(row_height, p.height)
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": ["mlplatform"],
-        "timezone": "utc",
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": False,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": {
-            "list": [
-                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
-                {
-                    "name": "model_name",
-                    "type": "query",
-                    "label": "model",
-                    "datasource": DATASOURCE,
-                    "query": {"query": "label_values(mlplatform_model_info, model_name)", "refId": "model_name"},
-                    "includeAll": True,
-                    "allValue": ".+",
-                    "multi": False,
-                    "refresh": 2,
-                },
-            ]
-        },
-        "panels": laid_out,
-    }
-
-
-def _quantiles(metric: str, matchers: str, by: str | None) -> list[tuple[str, str]]:
-    """p50/p95/p99 of a histogram, one series per `by` group (one series in all when `by` is None)."""
-    grouping = f"le, {by}" if by else "le"
-    legend = " ".join("{{" + b.strip() + "}}" for b in by.split(",")) if by else ""
-    return [
-        (
-            f"histogram_quantile({q}, sum by ({grouping}) (rate({metric}_bucket{{{matchers}}}[{RATE}])))",
-            f"p{int(q * 100)} {legend}".strip(),
-        )
-        for q in (0.5, 0.95, 0.99)
-    ]
 
 
 def serving_overview() -> dict[str, Any]:
@@ -144,14 +53,14 @@ def serving_overview() -> dict[str, Any]:
         [
             Panel(
                 "Requests per second per version (predictor)",
-                [(_rate(REQUESTS, VERSIONED, by), "v{{model_version}} {{role}}")],
+                [(rate_sum(REQUESTS, VERSIONED, by), "v{{model_version}} {{role}}")],
                 unit="reqps",
             ),
             Panel(
                 "Server error ratio per version (predictor: error)",
                 [
                     (
-                        f"{_rate(REQUESTS, VERSIONED_ERRORS, by)} / {_rate(REQUESTS, VERSIONED, by)}",
+                        f"{rate_sum(REQUESTS, VERSIONED_ERRORS, by)} / {rate_sum(REQUESTS, VERSIONED, by)}",
                         "v{{model_version}} {{role}}",
                     )
                 ],
@@ -159,22 +68,22 @@ def serving_overview() -> dict[str, Any]:
             ),
             Panel(
                 "Model latency per version (predictor, p50/p95/p99)",
-                _quantiles(STAGE_SECONDS, f'{VERSIONED},stage="{LATENCY_STAGE}"', by),
+                quantiles(STAGE_SECONDS, f'{VERSIONED},stage="{LATENCY_STAGE}"', by),
                 unit="s",
             ),
             Panel(
                 "End-to-end latency (transformer, every version)",
-                _quantiles(STAGE_SECONDS, f'{CLIENT},stage="total"', None),
+                quantiles(STAGE_SECONDS, f'{CLIENT},stage="total"', None),
                 unit="s",
             ),
             Panel(
                 "Client requests by outcome (transformer)",
-                [(_rate(REQUESTS, CLIENT, "outcome"), "{{outcome}}")],
+                [(rate_sum(REQUESTS, CLIENT, "outcome"), "{{outcome}}")],
                 unit="reqps",
             ),
             Panel(
                 "Client server error ratio (transformer: error, unavailable)",
-                [(f"{_rate(REQUESTS, SERVER_ERRORS)} / {_rate(REQUESTS, CLIENT)}", "server errors")],
+                [(f"{rate_sum(REQUESTS, SERVER_ERRORS)} / {rate_sum(REQUESTS, CLIENT)}", "server errors")],
                 unit="percentunit",
             ),
             Panel(
@@ -192,7 +101,7 @@ def serving_overview() -> dict[str, Any]:
                 "Fallback scores by reason",
                 [
                     (
-                        _rate(FALLBACKS, MODEL, "reason, component"),
+                        rate_sum(FALLBACKS, MODEL, "reason, component"),
                         "{{component}} {{reason}}",
                     )
                 ],
@@ -201,8 +110,8 @@ def serving_overview() -> dict[str, Any]:
             Panel(
                 "Prediction log: records written and write errors (transformer)",
                 [
-                    (_rate(PREDICTION_LOG_RECORDS, MODEL), "records"),
-                    (_rate(PREDICTION_LOG_ERRORS, MODEL), "errors"),
+                    (rate_sum(PREDICTION_LOG_RECORDS, MODEL), "records"),
+                    (rate_sum(PREDICTION_LOG_ERRORS, MODEL), "errors"),
                 ],
                 unit="ops",
             ),
@@ -242,8 +151,8 @@ def canary_comparison() -> dict[str, Any]:
                 "Observed request share (predictor)",
                 [
                     (
-                        f"{_rate(REQUESTS, VERSIONED, role)} / ignoring ({role}) group_left "
-                        f"{_rate(REQUESTS, VERSIONED)}",
+                        f"{rate_sum(REQUESTS, VERSIONED, role)} / ignoring ({role}) group_left "
+                        f"{rate_sum(REQUESTS, VERSIONED)}",
                         "{{role}}",
                     )
                 ],
@@ -251,20 +160,20 @@ def canary_comparison() -> dict[str, Any]:
             ),
             Panel(
                 "Server error ratio by role (predictor)",
-                [(f"{_rate(REQUESTS, VERSIONED_ERRORS, role)} / {_rate(REQUESTS, VERSIONED, role)}", "{{role}}")],
+                [(f"{rate_sum(REQUESTS, VERSIONED_ERRORS, role)} / {rate_sum(REQUESTS, VERSIONED, role)}", "{{role}}")],
                 unit="percentunit",
             ),
             Panel(
                 "p99 model latency by role (predictor)",
-                _quantiles(STAGE_SECONDS, f'{VERSIONED},stage="{LATENCY_STAGE}"', role)[2:],
+                quantiles(STAGE_SECONDS, f'{VERSIONED},stage="{LATENCY_STAGE}"', role)[2:],
                 unit="s",
             ),
             Panel(
                 "Mean score by role (predictor)",
                 [
                     (
-                        f"{_rate('mlplatform_prediction_score_sum', VERSIONED, role)}"
-                        f" / {_rate('mlplatform_prediction_score_count', VERSIONED, role)}",
+                        f"{rate_sum('mlplatform_prediction_score_sum', VERSIONED, role)}"
+                        f" / {rate_sum('mlplatform_prediction_score_count', VERSIONED, role)}",
                         "{{role}}",
                     )
                 ],
@@ -273,8 +182,8 @@ def canary_comparison() -> dict[str, Any]:
                 "Share of scores above 0.5 by role (predictor)",
                 [
                     (
-                        f"1 - {_rate(SCORE_BUCKET, VERSIONED + BELOW_HALF, role)}"
-                        f" / {_rate(SCORE_BUCKET, VERSIONED + ALL_SCORES, role)}",
+                        f"1 - {rate_sum(SCORE_BUCKET, VERSIONED + BELOW_HALF, role)}"
+                        f" / {rate_sum(SCORE_BUCKET, VERSIONED + ALL_SCORES, role)}",
                         "{{role}}",
                     )
                 ],
@@ -405,7 +314,7 @@ def feature_store() -> dict[str, Any]:
         [
             Panel(
                 "Lookup latency",
-                _quantiles(FEATURE_LOOKUP_SECONDS, MODEL, None),
+                quantiles(FEATURE_LOOKUP_SECONDS, MODEL, None),
                 unit="s",
                 width=24,
             ),
@@ -503,11 +412,6 @@ DASHBOARDS = {
 def render() -> dict[str, str]:
     """File name -> JSON text of every dashboard (stable formatting: sorted keys, two-space indent)."""
     return {f"{name}.json": json.dumps(build(), indent=2, sort_keys=True) + "\n" for name, build in DASHBOARDS.items()}
-
-
-def expressions(doc: dict[str, Any]) -> list[str]:
-    """Every PromQL expression of a dashboard (panel targets)."""
-    return [t["expr"] for p in doc["panels"] for t in p["targets"]]
 
 
 def write(dirs: tuple[Path, ...] = OUTPUT_DIRS) -> list[Path]:

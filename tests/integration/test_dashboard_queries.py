@@ -28,7 +28,7 @@ from mlplatform.features.stream import StreamMetrics
 from mlplatform.feedback.launchers import FunctionLauncher
 from mlplatform.feedback.webhook import Retrainer, WebhookSettings, create_app
 from mlplatform.local.prometheus import LocalPrometheus
-from mlplatform.monitoring import dashboards
+from mlplatform.monitoring import dashboards, grafana
 from serving.metrics import ServingMetrics
 
 pytestmark = pytest.mark.integration
@@ -133,7 +133,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return [
         (f"{name}: {expr[:60]}", expr)
         for name, text in dashboards.render().items()
-        for expr in dashboards.expressions(json.loads(text))
+        for expr in grafana.expressions(json.loads(text))
     ]
 
 

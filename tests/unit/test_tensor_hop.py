@@ -111,7 +111,7 @@ def test_the_hop_answers_what_the_v1_route_answers_and_counts_each_request_once(
 
 
 def test_bad_rows_and_a_failing_model_are_answered_with_the_reason_and_the_connection_stays_usable(
-    tmp_path: Path, socket_dir: Path
+    tmp_path: Path, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     predictor, registry = _predictor(tmp_path)
     calls = {"n": 0}
@@ -123,7 +123,7 @@ def test_bad_rows_and_a_failing_model_are_answered_with_the_reason_and_the_conne
             raise RuntimeError("weights on fire")
         return score(rows)
 
-    predictor.score = failing_once  # type: ignore[method-assign]
+    monkeypatch.setattr(predictor, "score", failing_once)
     with Running(_server(socket_dir / "p.sock", predictor)):
 
         async def calls_in_a_row() -> list[Any]:
@@ -155,7 +155,9 @@ def test_bad_rows_and_a_failing_model_are_answered_with_the_reason_and_the_conne
     assert (_count(registry, "invalid"), _count(registry, "error"), _count(registry, "ok")) == (2, 1, 1)
 
 
-def test_a_request_past_its_deadline_never_gets_another_requests_answer(tmp_path: Path, socket_dir: Path) -> None:
+def test_a_request_past_its_deadline_never_gets_another_requests_answer(
+    tmp_path: Path, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     predictor, _ = _predictor(tmp_path)
     score = predictor.score
 
@@ -164,7 +166,7 @@ def test_a_request_past_its_deadline_never_gets_another_requests_answer(tmp_path
             time.sleep(0.5)
         return score(rows)
 
-    predictor.score = slow_for_large  # type: ignore[method-assign]
+    monkeypatch.setattr(predictor, "score", slow_for_large)
     with Running(_server(socket_dir / "p.sock", predictor)):
 
         async def scenario() -> tuple[BaseException | None, Any]:
