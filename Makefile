@@ -58,6 +58,10 @@ test: venv services tools kube-tools ## every test that can run on this machine
 tools: ## build helm, kubeconform, kustomize (Go, pinned) and checkov into .tools/ (fast when built)
 	bash scripts/tools.sh
 
+.PHONY: loadgen
+loadgen: ## build the serving benchmarks' load generator (benchmarks/loadgen, Go stdlib) into .tools/bin/ (fast when built)
+	bash scripts/tools.sh loadgen
+
 .PHONY: kube-tools
 kube-tools: ## build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, KServe, Knative, Trainer, JobSet (pinned) into .tools/kube/
 	bash scripts/kube/build.sh
@@ -110,15 +114,15 @@ test-gpu: ## the gpu tests; needs only torch, numpy, safetensors and pytest (a b
 	python -m pytest --noconftest -q -m gpu tests/unit/test_training_gpu.py
 
 .PHONY: bench-serving
-bench-serving: venv services ## full local serving path vs a one-process baseline: RPS, p50/p95/p99, CPU (JSON)
+bench-serving: venv services loadgen ## full local serving path vs a one-process baseline: RPS, p50/p95/p99, CPU (JSON)
 	$(PY) benchmarks/bench_serving.py --output benchmarks/results/serving.json
 
 .PHONY: profile-serving
-profile-serving: venv services ## py-spy on the full local serving path under load: flame graphs + CPU by library (benchmarks/results/profile/)
+profile-serving: venv services loadgen ## py-spy on the full local serving path under load: flame graphs + CPU by library (benchmarks/results/profile/)
 	$(PY) benchmarks/profile_serving.py --output benchmarks/results/profile
 
 .PHONY: reliability
-reliability: venv services ## bad input (>= 10,000 cases), load + shedding, faults, pip-audit, ML Test Score (JSON + docs/reliability.md)
+reliability: venv services loadgen ## bad input (>= 10,000 cases), load + shedding, faults, pip-audit, ML Test Score (JSON + docs/reliability.md)
 	PYTHONPATH=. $(PY) benchmarks/reliability.py --output benchmarks/results/reliability.json --doc docs/reliability.md
 
 .PHONY: bench-feedback-loop
@@ -133,7 +137,7 @@ bench-cluster: venv tools kube-tools ## control plane: cold/warm build, start, h
 	PYTHONPATH=. $(PY) benchmarks/bench_cluster.py --output benchmarks/results/cluster.json $(BENCH_CLUSTER_ARGS)
 
 .PHONY: bench-streaming
-bench-streaming: venv services ## stream feature processor: events/s, freshness lag at 200/s, online=offline replay, endpoint p99 publishing on vs off (JSON)
+bench-streaming: venv services loadgen ## stream feature processor: events/s, freshness lag at 200/s, online=offline replay, endpoint p99 publishing on vs off (JSON)
 	$(PY) benchmarks/bench_streaming.py --output benchmarks/results/streaming.json
 
 .PHONY: bench-staleness

@@ -3,17 +3,17 @@ Redis) against a one-process FastAPI baseline doing the same lookup and model ca
 
 For each target: open-loop load at fixed rates (latency counted from each request's scheduled send
 time, so a slow server cannot hide queueing), then closed-loop load (workers send back to back) for
-the maximum throughput. The load generator runs in its own process on the same machine. Needs
-`make services` (Redis, PostgreSQL). Writes JSON with the machine described; no assertions.
+the maximum throughput. The load generator (benchmarks/loadgen, Go: `make loadgen`) runs in its own process on
+the same machine. Needs `make services` (Redis, PostgreSQL). Writes JSON with the machine described; no
+assertions.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import base64
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
-from machine import describe  # benchmarks/machine.py, beside this script
+from machine import describe, wake_latency  # benchmarks/machine.py, beside this script
 
 from components.features.step import run_features
 from components.ingest.step import run_ingest
@@ -43,117 +43,45 @@ ROOT = Path(__file__).resolve().parents[1]
 REDIS = os.environ.get("MLPLATFORM_TEST_REDIS", "127.0.0.1:16379")
 POSTGRES = os.environ.get("MLPLATFORM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:15432/postgres")
 REDIS_DB = 13
+LOAD_GENERATOR = (
+    "benchmarks/loadgen (Go, net/http, keep-alive, at most 256 connections), its own process on the same machine;"
+    " open loop paced by nanosleep (latency from each request's scheduled time), then closed loop"
+)
 
 
 # ---------------------------------------------------------------- load generator (own process)
-async def _open_loop(
-    url: str,
-    bodies: list[bytes],
-    rate: float,
-    seconds: float,
-    warmup: float = 1.0,
-    extra_headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Requests at `rate` per second; the first `warmup` seconds open connections and are not counted."""
-    import aiohttp
-
-    skip = int(rate * warmup)
-    n = int(rate * seconds) + skip
-    latencies: list[float] = []
-    errors = 0
-    statuses: dict[str, int] = {}  # status (or the exception's name: TimeoutError, ...) -> count, counted requests
-    shed_with_retry_after = 0  # 503 answers that carry Retry-After
-    connector = aiohttp.TCPConnector(limit=256)
-    timeout = aiohttp.ClientTimeout(total=5)
-    headers = {"content-type": "application/json", **(extra_headers or {})}
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
-        async def one(i: int, scheduled: float) -> None:
-            nonlocal errors, shed_with_retry_after
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as r:
-                    await r.read()
-                    if i >= skip:
-                        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
-                        shed_with_retry_after += r.status == 503 and "Retry-After" in r.headers
-                    if r.status != 200:
-                        errors += i >= skip
-                        return
-            except Exception as exc:
-                errors += i >= skip
-                if i >= skip:
-                    statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
-                return
-            if i >= skip:
-                latencies.append(time.perf_counter() - scheduled)
-
-        start = time.perf_counter() + 0.05
-        await asyncio.gather(*(one(i, start + i / rate) for i in range(n)))
-        wall = time.perf_counter() - start - warmup
-    return {
-        "latencies": latencies,
-        "errors": errors,
-        "sent": n - skip,
-        "total": n,
-        "wall": wall,
-        "statuses": statuses,
-        "shed_with_retry_after": shed_with_retry_after,
-    }
+LOADGEN = Path(os.environ.get("MLPLATFORM_TOOLS_DIR", ROOT / ".tools")) / "bin" / "loadgen"
 
 
-async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    import aiohttp
-
-    done = 0
-    errors = 0
-    latencies: list[float] = []
-    headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5)) as session:
-        end = time.perf_counter() + seconds
-
-        async def worker(k: int) -> None:
-            nonlocal done, errors
-            i = k
-            while time.perf_counter() < end:
-                t = time.perf_counter()
-                try:
-                    async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as r:
-                        await r.read()
-                        ok = r.status == 200
-                except Exception:
-                    ok = False
-                i += concurrency
-                if ok:
-                    done += 1
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    errors += 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        wall = time.perf_counter() - start
-    return {"latencies": latencies, "errors": errors, "sent": done + errors, "total": done + errors, "wall": wall}
-
-
-def _load_process(
+def loadgen_job(
     kind: str,
     url: str,
     bodies: list[bytes],
     x: float,
     seconds: float,
-    out: Any,
-    headers: dict[str, str] | None,
+    headers: dict[str, str] | None = None,
     warmup: float = 1.0,
-) -> None:
-    if kind == "open":
-        coro = _open_loop(url, bodies, x, seconds, warmup, extra_headers=headers)
-    else:
-        coro = _closed_loop(url, bodies, int(x), seconds)
-    out.put(asyncio.run(coro))
+) -> dict[str, Any]:
+    """Run benchmarks/loadgen (Go, built by `make loadgen`) once: open loop at `x` requests per second or closed loop
+    with `x` workers; returns its raw result (latencies_ms, errors, sent, total, wall, statuses,
+    shed_with_retry_after)."""
+    if not LOADGEN.exists():
+        raise FileNotFoundError(f"{LOADGEN} is missing: run `make loadgen` (scripts/tools.sh loadgen builds it)")
+    job = {
+        "url": url,
+        "bodies": [base64.b64encode(b).decode() for b in bodies],
+        "headers": headers or {},
+        "mode": kind,
+        "rate": x if kind == "open" else 0,
+        "concurrency": int(x) if kind == "closed" else 0,
+        "seconds": seconds,
+        "warmup_seconds": warmup if kind == "open" else 0,
+        "timeout_seconds": 5,
+    }
+    done = subprocess.run([str(LOADGEN)], input=json.dumps(job).encode(), capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr.decode(errors='replace').strip()}")
+    return json.loads(done.stdout)
 
 
 def run_load(
@@ -166,22 +94,19 @@ def run_load(
     headers: dict[str, str] | None = None,
     warmup: float = 1.0,
 ) -> dict[str, Any]:
-    """Run one load phase in a separate process; returns latency percentiles, errors, RPS and server CPU.
+    """Run one load phase with the load generator (its own process); returns latency percentiles, errors, RPS and
+    server CPU.
 
-    Open loop (`kind="open"`, `x` requests per second) also returns `statuses` (status or exception name ->
-    count) and `shed_with_retry_after` (503 answers carrying Retry-After); `headers` are added to each request,
-    and the first `warmup` seconds of an open loop are sent but not counted.
+    Open loop (`kind="open"`, `x` requests per second) also returns `statuses` (status, or the transport failure:
+    timeout, connection_refused, connection_reset, error -> count) and `shed_with_retry_after` (503 answers
+    carrying Retry-After); `headers` are added to each request, and the first `warmup` seconds of an open loop
+    are sent but not counted.
     """
     procs = [psutil.Process(p) for p in pids]
     cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_load_process, args=(kind, url, bodies, x, seconds, queue, headers, warmup))
-    proc.start()
-    result = queue.get()
-    proc.join()
+    result = loadgen_job(kind, url, bodies, x, seconds, headers, warmup)
     cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs) - cpu0
-    lat = np.array(result["latencies"]) * 1000
+    lat = np.array(result["latencies_ms"])
     pct = (lambda q: round(float(np.percentile(lat, q)), 2)) if len(lat) else (lambda q: None)
     return {
         "rps": round(len(lat) / result["wall"], 1),
@@ -191,7 +116,7 @@ def run_load(
         "errors": result["errors"],
         "requests": result["sent"],
         "server_cpu_ms_per_request": round(1000 * cpu / max(result["total"], 1), 2),
-        **{k: result[k] for k in ("statuses", "shed_with_retry_after") if k in result},
+        **({k: result[k] for k in ("statuses", "shed_with_retry_after")} if kind == "open" else {}),
     }
 
 
@@ -304,7 +229,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with prepared_stack(args.work_dir) as (work, model_dir, bodies, env):
-        results: dict[str, Any] = {"machine": describe()}
+        results: dict[str, Any] = {"machine": {**describe(), "wake_latency": wake_latency()}}  # idle, before servers
         with start_local(model_dir, env=env, log_dir=work / "logs") as service:
             pids = [p.pid for p in service.processes.values()]
             results["full_path"] = measure(service.predict_url, bodies, pids, args.rates, args.seconds)
@@ -323,9 +248,7 @@ def main() -> None:
     results["full_path_vs_baseline_max_rps"] = round(
         results["full_path"]["max_rps"] / results["baseline"]["max_rps"], 3
     )
-    results["load_generator"] = (
-        "aiohttp, its own process on the same machine; open loop at fixed rates, then closed loop"
-    )
+    results["load_generator"] = LOAD_GENERATOR
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +38,31 @@ def describe(device: torch.device | None = None) -> dict:
         described |= {"device": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1)}
         described["cuda_version"] = torch.version.cuda
     return described
+
+
+def wake_latency(seconds: float = 5.0) -> dict:
+    """How late this machine wakes a sleeping thread: 1 ms sleeps for `seconds` on an otherwise idle machine.
+
+    A virtual machine whose idle vCPUs halt without polling (the benchmark machine's kernel runs the `haltpoll`
+    cpuidle driver with `guest_halt_poll_ns=0`) wakes a thread late now and then by milliseconds; every server
+    process on a request's path sleeps between requests, so such stalls set a latency tail no server code
+    removes. Recorded beside latency figures so they can be read against it.
+    """
+    overshoot = []
+    end = time.perf_counter() + seconds
+    while (t := time.perf_counter()) < end:
+        time.sleep(0.001)  # clock_nanosleep (Python >= 3.11)
+        overshoot.append((time.perf_counter() - t - 0.001) * 1000)
+    overshoot.sort()
+    driver = Path("/sys/devices/system/cpu/cpuidle/current_driver")
+    return {
+        "sleeps": len(overshoot),
+        "sleep_1ms_late_p50_ms": round(overshoot[len(overshoot) // 2], 3),
+        "sleep_1ms_late_p99_ms": round(overshoot[len(overshoot) * 99 // 100], 3),
+        "sleep_1ms_late_max_ms": round(overshoot[-1], 2),
+        "late_over_2ms_per_s": round(sum(o > 2 for o in overshoot) / seconds, 2),
+        "cpuidle_driver": driver.read_text().strip() if driver.is_file() else "unknown",
+    }
 
 
 def report(results: dict, output: Path | None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_serving import run_load  # benchmarks/bench_serving.py, beside this script
+from bench_serving import LOAD_GENERATOR, run_load  # benchmarks/bench_serving.py, beside this script
 from machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +273,8 @@ def write_doc(path: Path, r: dict[str, Any]) -> None:
         "",
         "Above saturation the transformer's in-flight limit (`MLPLATFORM_SERVING_MAX_INFLIGHT_REQUESTS`, 64) answers",
         "503 with `Retry-After: 1` at once instead of queueing; the load generator's own 5 s timeout counts the",
-        "requests that still waited too long (`TimeoutError`), and client-side socket errors show under their names.",
+        "requests that still waited too long (`timeout`), and client-side socket errors show under their kind",
+        "(`connection_refused`, `connection_reset`, `error`).",
         "A request counts against that limit only once its whole body has arrived",
         "(`MLPLATFORM_SERVING_BODY_TIMEOUT_SECONDS`, 5 s, else 408): clients that send slowly or stall hold a",
         "connection (at most `MLPLATFORM_SERVING_MAX_CONNECTIONS`, 1000, per process), never an admission slot.",
@@ -388,7 +389,7 @@ def main() -> None:
     print("reliability: ML Test Score", flush=True)
     results["score"] = {"final": None, "sections": {}, "checks": []} if args.skip_score else mltestscore.score()
     results["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["load_generator"] = "bench_serving.run_load: aiohttp open loop in its own process, 5 s client timeout"
+    results["load_generator"] = f"bench_serving.run_load: {LOAD_GENERATOR}; 5 s client timeout"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     write_doc(args.doc, results)

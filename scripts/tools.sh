@@ -3,6 +3,7 @@
 #
 #   bash scripts/tools.sh          # build what is missing or at the wrong version (fast when done)
 #   bash scripts/tools.sh versions # print the pinned versions
+#   bash scripts/tools.sh loadgen  # only the serving benchmarks' load generator (benchmarks/loadgen, Go stdlib)
 #
 # Each Go tool is built from the Go module proxy with `go install MODULE@VERSION` (GOBIN=.tools/bin)
 # and its version is recorded in .tools/bin/<tool>.version; a tool is rebuilt only when that record
@@ -53,6 +54,19 @@ build_go_tool() {
   echo "$module" >"$record"
 }
 
+# The benchmarks' load generator: our own Go source (standard library only, nothing downloaded), rebuilt when it
+# changes (the record is a hash of its files).
+build_loadgen() {
+  local src="$ROOT/benchmarks/loadgen" record="$BIN/loadgen.version" want
+  want="$(cat "$src/go.mod" "$src"/*.go | sha256sum | cut -d' ' -f1)"
+  if [[ -x "$BIN/loadgen" && -f "$record" && "$(cat "$record")" == "$want" ]]; then
+    return 0
+  fi
+  command -v go >/dev/null || { echo "tools.sh: Go is needed to build the load generator ($src)" >&2; exit 1; }
+  (cd "$src" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false" go build -trimpath -ldflags "-s -w" -o "$BIN/loadgen" .)
+  echo "$want" >"$record"
+}
+
 install_checkov() {
   local venv="$TOOLS_DIR/checkov" lock="$ROOT/scripts/checkov.lock"
   local record="$venv/.installed"
@@ -79,6 +93,10 @@ install_checkov() {
   echo "$want" >"$record"
 }
 
+build_loadgen
+if [[ "${1:-}" == "loadgen" ]]; then
+  exit 0
+fi
 for tool in helm kubeconform kustomize; do
   build_go_tool "$tool"
 done

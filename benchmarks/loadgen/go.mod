@@ -1,0 +1,3 @@
+module mlplatform/benchmarks/loadgen
+
+go 1.26
