@@ -1,9 +1,11 @@
 """Serving benchmark: the full local path (KServe transformer + predictor, Feast online store in the real
 Redis) against a one-process FastAPI baseline doing the same lookup and model call, in the same run.
 
-For each target: open-loop load at fixed rates (latency counted from each request's scheduled send
-time, so a slow server cannot hide queueing), then closed-loop load (workers send back to back) for
-the maximum throughput. The load generator (benchmarks/loadgen, Go: `make loadgen`) runs in its own process on
+Both are up at once and measured in turn, so that both see the same machine: open-loop load at fixed rates
+(latency counted from each request's scheduled send time, so a slow server cannot hide queueing), several
+windows per rate alternating between the two and pooled per target (each window's p99 is kept too: on these
+shared cores it varies from window to window), then closed-loop load (workers send back to back) for the
+maximum throughput. The load generator (benchmarks/loadgen, Go: `make loadgen`) runs in its own process on
 the same machine. Needs `make services` (Redis, PostgreSQL). Writes JSON with the machine described; no
 assertions.
 """
@@ -84,6 +86,55 @@ def loadgen_job(
     return json.loads(done.stdout)
 
 
+def load_window(
+    kind: str,
+    url: str,
+    bodies: list[bytes],
+    x: float,
+    seconds: float,
+    pids: list[int],
+    headers: dict[str, str] | None = None,
+    warmup: float = 1.0,
+) -> dict[str, Any]:
+    """One load phase: the load generator's raw result plus `server_cpu_seconds`, the CPU the processes `pids`
+    used meanwhile."""
+    procs = [psutil.Process(p) for p in pids]
+    cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    result = loadgen_job(kind, url, bodies, x, seconds, headers, warmup)
+    result["server_cpu_seconds"] = sum(p.cpu_times().user + p.cpu_times().system for p in procs) - cpu0
+    result["kind"] = kind
+    return result
+
+
+def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency percentiles, errors, RPS and server CPU over the pooled requests of one or more `load_window`s of the
+    same load (several windows: also each window's p99, `p99_ms_per_window`)."""
+    lat = np.concatenate([np.asarray(w["latencies_ms"], dtype=float) for w in windows])
+    pct = (lambda q: round(float(np.percentile(lat, q)), 2)) if len(lat) else (lambda q: None)
+    total = sum(w["total"] for w in windows)
+    summary = {
+        "rps": round(len(lat) / sum(w["wall"] for w in windows), 1),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "errors": sum(w["errors"] for w in windows),
+        "requests": sum(w["sent"] for w in windows),
+        "server_cpu_ms_per_request": round(1000 * sum(w["server_cpu_seconds"] for w in windows) / max(total, 1), 2),
+    }
+    if windows[0]["kind"] == "open":
+        statuses: dict[str, int] = {}
+        for w in windows:
+            for k, v in w["statuses"].items():
+                statuses[k] = statuses.get(k, 0) + v
+        summary["statuses"] = statuses
+        summary["shed_with_retry_after"] = sum(w["shed_with_retry_after"] for w in windows)
+    if len(windows) > 1:
+        summary["p99_ms_per_window"] = [
+            round(float(np.percentile(w["latencies_ms"], 99)), 2) if w["latencies_ms"] else None for w in windows
+        ]
+    return summary
+
+
 def run_load(
     kind: str,
     url: str,
@@ -102,22 +153,7 @@ def run_load(
     carrying Retry-After); `headers` are added to each request, and the first `warmup` seconds of an open loop
     are sent but not counted.
     """
-    procs = [psutil.Process(p) for p in pids]
-    cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-    result = loadgen_job(kind, url, bodies, x, seconds, headers, warmup)
-    cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs) - cpu0
-    lat = np.array(result["latencies_ms"])
-    pct = (lambda q: round(float(np.percentile(lat, q)), 2)) if len(lat) else (lambda q: None)
-    return {
-        "rps": round(len(lat) / result["wall"], 1),
-        "p50_ms": pct(50),
-        "p95_ms": pct(95),
-        "p99_ms": pct(99),
-        "errors": result["errors"],
-        "requests": result["sent"],
-        "server_cpu_ms_per_request": round(1000 * cpu / max(result["total"], 1), 2),
-        **({k: result[k] for k in ("statuses", "shed_with_retry_after")} if kind == "open" else {}),
-    }
+    return summarize([load_window(kind, url, bodies, x, seconds, pids, headers, warmup)])
 
 
 # ---------------------------------------------------------------- setup
@@ -183,12 +219,31 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None
     raise RuntimeError(f"{url} not ready")
 
 
-def measure(url: str, bodies: list[bytes], pids: list[int], rates: list[float], seconds: float) -> dict[str, Any]:
-    run_load("closed", url, bodies, 4, 3, pids)  # warm-up
-    at_rate = [run_load("open", url, bodies, r, seconds, pids) for r in rates]
-    closed = [run_load("closed", url, bodies, c, seconds, pids) for c in (4, 8, 16)]
-    best = max(closed, key=lambda r: r["rps"])
-    return {"max_rps": best["rps"], "closed_loop": closed, "at_rate": at_rate}
+def measure(
+    targets: dict[str, tuple[str, list[int]]], bodies: list[bytes], rates: list[float], seconds: float, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Each target (name -> (URL, server pids)), all up at once, measured in turn: every open-loop rate in `repeats`
+    windows of `seconds`, alternating between the targets so that both see the same machine, pooled per target;
+    then closed loop at 4, 8 and 16 workers (maximum throughput)."""
+    for url, pids in targets.values():
+        run_load("closed", url, bodies, 4, 3, pids)  # warm-up
+    out: dict[str, dict[str, Any]] = {name: {"at_rate": [], "closed_loop": []} for name in targets}
+    for rate in rates:
+        windows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        for _ in range(repeats):
+            for name, (url, pids) in targets.items():
+                windows[name].append(load_window("open", url, bodies, rate, seconds, pids))
+        for name in targets:
+            out[name]["at_rate"].append(summarize(windows[name]))
+    for workers in (4, 8, 16):
+        for name, (url, pids) in targets.items():
+            out[name]["closed_loop"].append(run_load("closed", url, bodies, workers, seconds, pids))
+    for result in out.values():
+        result["max_rps"] = max(r["rps"] for r in result["closed_loop"])
+    return {
+        name: {"max_rps": r["max_rps"], "closed_loop": r["closed_loop"], "at_rate": r["at_rate"]}
+        for name, r in out.items()
+    }
 
 
 @contextlib.contextmanager
@@ -223,25 +278,27 @@ def prepared_stack(work_dir: Path | None = None) -> Iterator[tuple[Path, Path, l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200, 300])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="Length of each load window.")
+    parser.add_argument("--repeats", type=int, default=3, help="Open-loop windows per rate and target (pooled).")
     parser.add_argument("--work-dir", type=Path, default=None, help="Keep data, model and server logs here.")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args()
 
     with prepared_stack(args.work_dir) as (work, model_dir, bodies, env):
         results: dict[str, Any] = {"machine": {**describe(), "wake_latency": wake_latency()}}  # idle, before servers
-        with start_local(model_dir, env=env, log_dir=work / "logs") as service:
-            pids = [p.pid for p in service.processes.values()]
-            results["full_path"] = measure(service.predict_url, bodies, pids, args.rates, args.seconds)
         base_port = free_port()
         baseline = subprocess.Popen(
             [sys.executable, str(ROOT / "benchmarks" / "baseline_server.py"), str(model_dir), str(base_port)],
             env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
         )
         try:
-            _wait(f"http://127.0.0.1:{base_port}/docs", baseline)
-            url = f"http://127.0.0.1:{base_port}/predict"
-            results["baseline"] = measure(url, bodies, [baseline.pid], args.rates, args.seconds)
+            with start_local(model_dir, env=env, log_dir=work / "logs") as service:
+                _wait(f"http://127.0.0.1:{base_port}/docs", baseline)
+                targets = {
+                    "full_path": (service.predict_url, [p.pid for p in service.processes.values()]),
+                    "baseline": (f"http://127.0.0.1:{base_port}/predict", [baseline.pid]),
+                }
+                results.update(measure(targets, bodies, args.rates, args.seconds, args.repeats))
         finally:
             baseline.terminate()
             baseline.wait(30)

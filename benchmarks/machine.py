@@ -43,10 +43,10 @@ def describe(device: torch.device | None = None) -> dict:
 def wake_latency(seconds: float = 5.0) -> dict:
     """How late this machine wakes a sleeping thread: 1 ms sleeps for `seconds` on an otherwise idle machine.
 
-    A virtual machine whose idle vCPUs halt without polling (the benchmark machine's kernel runs the `haltpoll`
-    cpuidle driver with `guest_halt_poll_ns=0`) wakes a thread late now and then by milliseconds; every server
-    process on a request's path sleeps between requests, so such stalls set a latency tail no server code
-    removes. Recorded beside latency figures so they can be read against it.
+    A shared virtual machine wakes a thread late now and then by milliseconds (the benchmark machines: 2-7 ms,
+    a few times every 10 s, with or without the guest's halt polling); every server process on a request's path
+    sleeps between requests, so such stalls show in a latency tail that no server code removes. Recorded beside
+    latency figures so they can be read against it.
     """
     overshoot = []
     end = time.perf_counter() + seconds
