@@ -55,7 +55,7 @@ test: venv services tools kube-tools ## every test that can run on this machine
 	$(VENV)/bin/pytest -q
 
 .PHONY: tools
-tools: ## build helm, kubeconform, kustomize (Go, pinned) and checkov into .tools/ (fast when built)
+tools: ## build helm, kubeconform, kustomize (Go, pinned), checkov and the benchmarks' load generator into .tools/ (fast when built)
 	bash scripts/tools.sh
 
 .PHONY: loadgen
