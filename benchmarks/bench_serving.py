@@ -227,7 +227,7 @@ def measure(
     then closed loop at 4, 8 and 16 workers (maximum throughput)."""
     for url, pids in targets.values():
         run_load("closed", url, bodies, 4, 3, pids)  # warm-up
-    out: dict[str, dict[str, Any]] = {name: {"at_rate": [], "closed_loop": []} for name in targets}
+    out: dict[str, dict[str, Any]] = {name: {"max_rps": None, "closed_loop": [], "at_rate": []} for name in targets}
     for rate in rates:
         windows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for _ in range(repeats):
@@ -240,10 +240,7 @@ def measure(
             out[name]["closed_loop"].append(run_load("closed", url, bodies, workers, seconds, pids))
     for result in out.values():
         result["max_rps"] = max(r["rps"] for r in result["closed_loop"])
-    return {
-        name: {"max_rps": r["max_rps"], "closed_loop": r["closed_loop"], "at_rate": r["at_rate"]}
-        for name, r in out.items()
-    }
+    return out
 
 
 @contextlib.contextmanager

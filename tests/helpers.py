@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
+import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 from mlplatform.settings import PlatformSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def loadgen(url: str, bodies: list[bytes], **job: Any) -> subprocess.CompletedProcess[bytes]:
+    """Run the benchmarks' load generator (benchmarks/loadgen; built once per test session if missing or changed)
+    with one job: `url`, `bodies` (any bytes) and the other job fields (mode, rate, concurrency, seconds, ...)."""
+    spec = {"url": url, "bodies": [base64.b64encode(b).decode() for b in bodies], **job}
+    return subprocess.run([_loadgen_binary()], input=json.dumps(spec).encode(), capture_output=True, timeout=120)
+
+
+@functools.cache
+def _loadgen_binary() -> str:
+    subprocess.run(["bash", str(ROOT / "scripts" / "tools.sh"), "loadgen"], check=True)
+    return str(Path(os.environ.get("MLPLATFORM_TOOLS_DIR", ROOT / ".tools")) / "bin" / "loadgen")
 
 
 def train_and_register(settings: PlatformSettings, work: Path, max_epochs: int = 3) -> str:

@@ -34,7 +34,7 @@ from mlplatform.local.serving import LocalService, prepare, serve_local, start_l
 from mlplatform.monitoring.prediction_log import read_records
 from mlplatform.settings import PlatformSettings
 from mlplatform.training.model import load_model, predict_proba
-from tests.helpers import train_and_register
+from tests.helpers import loadgen, train_and_register
 
 pytestmark = pytest.mark.integration
 
@@ -181,6 +181,28 @@ def test_training_serving_parity_within_1e_6(served: Served) -> None:
     online = np.array([p["score"] for p in out["predictions"]])
     assert all(p["flags"] == [] for p in out["predictions"])
     np.testing.assert_allclose(online, expected, rtol=0, atol=1e-6)
+
+
+def test_the_benchmarks_load_generator_counts_the_real_endpoints_answers(served: Served) -> None:
+    """benchmarks/loadgen (what every serving benchmark measures with) against the real transformer: valid and
+    invalid bodies sent in turn on schedule, each answer counted under its status, latency for the answered."""
+    (c, m), t = _recent_pairs(served.raw, 1)[0], _after_end(served)
+    valid = [
+        json.dumps({"instances": [{"customer_id": c, "merchant_id": m, "amount": a, "timestamp": t}]}).encode()
+        for a in (12.5, 80.0)
+    ]
+    invalid = b'{"instances": [{"customer_id": "x"}]}'
+    done = loadgen(served.service.predict_url, [*valid, invalid], mode="open", rate=60, seconds=1, warmup_seconds=0.5)
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    assert result["total"] == 90 and result["sent"] == 60  # requests 30..89 counted: every third one invalid
+    assert result["statuses"] == {"200": 40, "400": 20} and result["errors"] == 20
+    assert len(result["latencies_ms"]) == 40
+
+    done = loadgen(served.service.predict_url, valid, mode="closed", concurrency=4, seconds=0.5)
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    assert result["sent"] == len(result["latencies_ms"]) > 0 and result["statuses"] == {"200": result["sent"]}
 
 
 def test_predictor_speaks_open_inference_protocol_to_tritonclient(served: Served) -> None:

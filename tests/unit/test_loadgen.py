@@ -1,25 +1,29 @@
 """The serving benchmarks' load generator (benchmarks/loadgen, Go) against a small HTTP server in this process:
-what it counts in open and closed loop, how it names failures, and how it refuses a bad job."""
+exactly which bytes and headers it sends, what it counts in open and closed loop, how it names failures, and how
+it refuses a bad job.
+
+The small server stands in for the serving endpoints only where those cannot be made to behave on demand: it
+records each request's body and headers as received, sheds every request with 503 + Retry-After, or answers
+later than the client's timeout. The load generator against the real transformer is in
+tests/integration/test_serving.py.
+"""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-LOADGEN = Path(os.environ.get("MLPLATFORM_TOOLS_DIR", ROOT / ".tools")) / "bin" / "loadgen"
+from tests.helpers import loadgen
+
 BODIES = [b'{"instances": [1]}', b'{"instances": [2]}', b"\xff\x00 not utf-8"]
 
 
@@ -48,12 +52,6 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def loadgen() -> Path:
-    subprocess.run(["bash", str(ROOT / "scripts" / "tools.sh"), "loadgen"], check=True)  # no-op once built
-    return LOADGEN
-
-
 @pytest.fixture()
 def server() -> Iterator[str]:
     _Handler.received = []
@@ -66,23 +64,18 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def _job(url: str, **fields: Any) -> dict[str, Any]:
-    return {"url": url, "bodies": [base64.b64encode(b).decode() for b in BODIES], "seconds": 1.0, **fields}
+def _run(url: str, bodies: list[bytes] = BODIES, **job: Any) -> subprocess.CompletedProcess[bytes]:
+    return loadgen(url, bodies, **{"seconds": 1.0, **job})
 
 
-def _run(loadgen: Path, job: dict[str, Any]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(loadgen)], input=json.dumps(job).encode(), capture_output=True, timeout=60)
-
-
-def _result(loadgen: Path, job: dict[str, Any]) -> dict[str, Any]:
-    done = _run(loadgen, job)
+def _result(url: str, **job: Any) -> dict[str, Any]:
+    done = _run(url, **job)
     assert done.returncode == 0, done.stderr.decode()
     return json.loads(done.stdout)
 
 
-def test_open_loop_sends_the_schedule_and_counts_only_after_warmup(loadgen: Path, server: str) -> None:
-    job = _job(f"{server}/ok", mode="open", rate=100, warmup_seconds=0.5, headers={"x-test": "yes"})
-    result = _result(loadgen, job)
+def test_open_loop_sends_the_schedule_and_counts_only_after_warmup(server: str) -> None:
+    result = _result(f"{server}/ok", mode="open", rate=100, warmup_seconds=0.5, headers={"x-test": "yes"})
     assert result["total"] == 150 and result["sent"] == 100  # 0.5 s of warm-up at 100/s are sent, not counted
     assert result["statuses"] == {"200": 100} and result["errors"] == 0
     assert len(result["latencies_ms"]) == 100 and all(v > 0 for v in result["latencies_ms"])
@@ -92,27 +85,27 @@ def test_open_loop_sends_the_schedule_and_counts_only_after_warmup(loadgen: Path
     assert {header for _, _, header in _Handler.received} == {"yes"}
 
 
-def test_closed_loop_counts_every_answer(loadgen: Path, server: str) -> None:
-    result = _result(loadgen, _job(f"{server}/ok", mode="closed", concurrency=3, seconds=0.5))
+def test_closed_loop_counts_every_answer(server: str) -> None:
+    result = _result(f"{server}/ok", mode="closed", concurrency=3, seconds=0.5)
     assert result["sent"] == result["total"] == len(result["latencies_ms"]) == len(_Handler.received) > 0
     assert result["statuses"] == {"200": result["sent"]} and result["errors"] == 0
 
 
-def test_shedding_is_an_error_with_retry_after_counted(loadgen: Path, server: str) -> None:
-    result = _result(loadgen, _job(f"{server}/shed", mode="open", rate=20))
+def test_shedding_is_an_error_with_retry_after_counted(server: str) -> None:
+    result = _result(f"{server}/shed", mode="open", rate=20)
     assert result["statuses"] == {"503": 20}
     assert result["errors"] == result["shed_with_retry_after"] == 20
     assert result["latencies_ms"] == []  # latency is counted for answered requests only
 
 
-def test_transport_failures_are_named(loadgen: Path, server: str) -> None:
+def test_transport_failures_are_named(server: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    refused = _result(loadgen, _job(f"http://127.0.0.1:{closed_port}/", mode="open", rate=10))
+    refused = _result(f"http://127.0.0.1:{closed_port}/", mode="open", rate=10)
     assert refused["statuses"] == {"connection_refused": 10} and refused["errors"] == 10
 
-    slow = _result(loadgen, _job(f"{server}/slow", mode="open", rate=5, timeout_seconds=0.2))
+    slow = _result(f"{server}/slow", mode="open", rate=5, timeout_seconds=0.2)
     assert slow["statuses"] == {"timeout": 5} and slow["errors"] == 5
 
 
@@ -130,8 +123,9 @@ def test_transport_failures_are_named(loadgen: Path, server: str) -> None:
         ({"mode": "open", "rate": 1, "rps": 5}, 'unknown field "rps"'),
     ],
 )
-def test_a_bad_job_is_refused_naming_what_is_wrong(loadgen: Path, change: dict[str, Any], named: str) -> None:
-    done = _run(loadgen, {**_job("http://127.0.0.1:1/"), **change})
+def test_a_bad_job_is_refused_naming_what_is_wrong(change: dict[str, Any], named: str) -> None:
+    job = {"url": "http://127.0.0.1:1/", **change}
+    done = _run(job.pop("url"), **job)
     assert done.returncode == 2
     assert named in done.stderr.decode()
     assert done.stdout == b""
