@@ -4,6 +4,7 @@ limits, an in-flight limit: mlplatform.http.Guard), and the address and connecti
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -166,7 +167,21 @@ def serve(
         from kserve.protocol.rest.server import RESTServer
 
         RESTServer._add_middlewares = lambda self, app: None
+    use_event_loop(settings.event_loop)
     server.start([model])
+
+
+def use_event_loop(kind: str) -> None:
+    """Make this process's event loops `kind` (uvloop or asyncio) before KServe's server starts.
+
+    KServe's `ModelServer.start` configures `asyncio.get_event_loop()` and then runs in `asyncio.run`'s loop, both
+    made by the policy; uvloop's policy makes no loop implicitly, so one is set here (as Python's would make it).
+    """
+    if kind == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 class _ModelServer(ModelServer):

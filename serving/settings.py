@@ -44,6 +44,11 @@ class ServingSettings(HttpBodySettings, KafkaConnection, BaseSettings):
         description="Read the Redis online store in one pipeline with the store's own methods instead of Feast's "
         "generic online read (mlplatform/features/online.py; about half the CPU; other stores always use Feast's).",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="Event loop of the serving process: uvloop (libuv, about 5 % less CPU per request on both "
+        "processes, measured in docs/adr/0016-serving-layout.md) or Python's own asyncio loop.",
+    )
     feature_store_failure: Literal["fallback", "reject"] = Field(
         default="fallback",
         description="When the online store fails or times out: score with default features and flag the "

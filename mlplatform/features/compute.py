@@ -264,8 +264,8 @@ def _f64(values: object) -> np.ndarray:
         return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
 
 
-def _fill(values: np.ndarray, default: float) -> np.ndarray:
-    """NaN replaced by `default` (infinities kept, like `Series.fillna`)."""
+def _fill(values: np.ndarray, default: float | np.ndarray) -> np.ndarray:
+    """NaN replaced by `default` (infinities kept, like `Series.fillna`; an array of defaults: one per column)."""
     return np.where(np.isnan(values), default, values)
 
 
@@ -291,7 +291,7 @@ def on_demand_arrays(inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
     avg_f = np.where(known, avg, amount)
     std_f = _fill(np.where(known, std, 0.0), 0.0)
     category = _f64(inputs["merchant_category"])
-    shares = np.column_stack([_fill(_f64(inputs[c]), 0.0) for c in CATEGORY_SHARE_COLUMNS])
+    shares = _fill(np.column_stack([_f64(inputs[c]) for c in CATEGORY_SHARE_COLUMNS]), 0.0)
     cat_idx = np.where(np.isnan(category), -1, category).astype(np.int64)
     valid_cat = (cat_idx >= 0) & (cat_idx < N_CATEGORIES)
     share = np.where(valid_cat, shares[np.arange(len(cat_idx)), np.clip(cat_idx, 0, N_CATEGORIES - 1)], 0.0)
@@ -339,10 +339,10 @@ def model_input_arrays(
     missing = [f for f in feature_names if f not in columns]
     if missing:
         raise KeyError(f"model features missing from the feature frame: {missing}")
-    cols = [_fill(_f64(columns[f]), FEATURE_DEFAULTS.get(f, 0.0)) for f in feature_names]
-    if not cols:
+    if not feature_names:
         return np.empty((0, 0), dtype)
-    return np.column_stack(cols).astype(dtype)
+    x = np.column_stack([_f64(columns[f]) for f in feature_names])  # NaN filled per column in one pass
+    return _fill(x, np.array([FEATURE_DEFAULTS.get(f, 0.0) for f in feature_names])).astype(dtype)
 
 
 def model_input(frame: pd.DataFrame, feature_names: Sequence[str] = MODEL_FEATURES) -> np.ndarray:

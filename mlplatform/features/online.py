@@ -12,15 +12,42 @@ the store has no async reads), and so does a Redis read with `lean=False`.
 `tests/integration/test_feast_redis_postgres.py` compares both reads on the real Redis, hits and misses, value by
 value. The lean read's plan (which hash fields of which keys) is made once: it follows from the project, the view
 and feature names and the key serialization, which change only with the code (with online feature-view
-versioning, not used here, Feast's read is used).
+versioning, not used here, Feast's read is used). For the same reason an entity's Redis key, Feast's
+serialization of its join key, is kept once made (the most recent `KEY_CACHE_SIZE` per reader): a customer
+scoring again pays a dictionary lookup instead of building and serializing protobufs. Values are decoded
+from Feast's `ValueProto` directly where they are plain scalars (numbers, booleans, strings, bytes: the
+attribute Feast's own conversion returns for them) and by Feast's conversion otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from feast import FeatureStore
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import feast_value_type_to_python_type
+
+#: Entity keys (join key -> Redis key) a reader keeps, most recently used first.
+KEY_CACHE_SIZE = 65_536
+#: `ValueProto` fields Feast's conversion returns unchanged (`feast_value_type_to_python_type`).
+_PLAIN_VALUES = frozenset({"int32_val", "int64_val", "float_val", "double_val", "bool_val", "string_val", "bytes_val"})
+
+
+def python_value(blob: bytes | None) -> Any:
+    """A feature value as Feast stores it in Redis (a serialized `ValueProto`) -> the Python value Feast's online
+    read returns for it (None for a missing or empty value)."""
+    if not blob:
+        return None
+    value = ValueProto.FromString(blob)
+    kind = value.WhichOneof("val")
+    if kind is None:
+        return None
+    if kind in _PLAIN_VALUES:
+        return getattr(value, kind)
+    return feast_value_type_to_python_type(value)
 
 
 class OnlineReader:
@@ -38,6 +65,9 @@ class OnlineReader:
         self.refs = refs
         self._plan: list[tuple[str, Any, str, list[str], list[Any]]] | None = None
         self._async_reads = bool(store._get_provider().online_store.async_supported.read)
+        self._redis_key: Callable[[int, type, Any], bytes] = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(
+            self._make_redis_key
+        )
         if lean:
             self._plan = self._lean_plan()
 
@@ -81,27 +111,32 @@ class OnlineReader:
                 call = self.store.get_online_features
                 response = await asyncio.to_thread(call, features=self.refs, entity_rows=entity_rows)
             return response.to_dict()
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
-
         online = self.store._get_provider().online_store
-        config = self.store.config
-        client = await online._get_client_async(config.online_store)
+        client = await online._get_client_async(self.store.config.online_store)
         async with client.pipeline(transaction=False) as pipe:
-            for key, value_type, _, _, fields in self._plan:
-                values = python_values_to_proto_values([row[key] for row in entity_rows], value_type)
-                entities = [EntityKey(join_keys=[key], entity_values=[v]) for v in values]
-                for redis_key in online._generate_redis_keys_for_entities(config, entities):
-                    pipe.hmget(redis_key, fields)
+            for view, (key, _, _, _, fields) in enumerate(self._plan):
+                for row in entity_rows:
+                    value = row[key]
+                    pipe.hmget(self._redis_key(view, type(value), value), fields)
             found = await pipe.execute()
         out: dict[str, list[Any]] = {}
         n = len(entity_rows)
-        for i, (_, _, name, requested, _) in enumerate(self._plan):
-            rows = online._convert_redis_values_to_protobuf(found[i * n : (i + 1) * n], name, requested)
-            for feature in requested:
-                if feature.startswith("_ts:"):
-                    continue
-                out[feature] = [
-                    None if values is None else feast_value_type_to_python_type(values[feature]) for _, values in rows
-                ]
+        for view, (_, _, _, requested, _) in enumerate(self._plan):
+            replies = found[view * n : (view + 1) * n]
+            for i, feature in enumerate(requested):
+                if not feature.startswith("_ts:"):
+                    out[feature] = [python_value(reply[i]) for reply in replies]
         return out
+
+    def _make_redis_key(self, view: int, kind: type, value: Any) -> bytes:
+        """The Redis key of the entity whose join key of plan entry `view` is `value` (of type `kind`: 1 and True
+        are distinct entities), as Feast's Redis store makes it."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.type_map import python_values_to_proto_values
+
+        assert self._plan is not None
+        key, value_type = self._plan[view][0], self._plan[view][1]
+        (proto,) = python_values_to_proto_values([value], value_type)
+        online = self.store._get_provider().online_store
+        entity = EntityKey(join_keys=[key], entity_values=[proto])
+        return online._generate_redis_keys_for_entities(self.store.config, [entity])[0]

@@ -144,7 +144,10 @@ def test_missing_env_var_is_a_config_error(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _same(a: object, b: object) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    """Equal values of the same type (an int where Feast gives a float, or the reverse, is a difference)."""
+    if type(a) is not type(b):
+        return False
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
 
 
 def test_the_lean_online_read_equals_feasts_value_by_value(redis_pg_store: RedisPgStore, prepared) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -250,3 +253,33 @@ def test_kafka_tls_and_sasl_settings_become_the_clients_and_sasl_needs_credentia
         "sasl.username": "mlplatform-serving",
         "sasl.password": "s3cret",
     }
+
+
+@pytest.mark.parametrize(("kind", "loop_class"), [("uvloop", "uvloop.Loop"), ("asyncio", "asyncio.unix_events")])
+def test_a_serving_process_runs_on_the_event_loop_its_settings_name(kind: str, loop_class: str) -> None:
+    """uvloop by default (ServingSettings.event_loop), Python's loop on request; both the loop KServe configures before
+    it starts and the one it serves in. In a child process: the policy is process-wide."""
+    code = (
+        "import asyncio\n"
+        "from serving.app import use_event_loop\n"
+        "from serving.settings import ServingSettings\n"
+        "use_event_loop(ServingSettings().event_loop)\n"
+        "async def running(): return asyncio.get_running_loop()\n"
+        "for loop in (asyncio.get_event_loop(), asyncio.run(running())):\n"
+        "    print(type(loop).__module__ + '.' + type(loop).__qualname__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLPLATFORM_SERVING_EVENT_LOOP"}
+    if kind != "uvloop":  # the default
+        env["MLPLATFORM_SERVING_EVENT_LOOP"] = kind
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    loops = done.stdout.split()
+    assert len(loops) == 2 and all(loop.startswith(loop_class) for loop in loops), loops
+    with pytest.raises(ValueError, match="event_loop"):
+        ServingSettings(event_loop="trio")
