@@ -164,6 +164,31 @@ def pool_bins(canary_bins: np.ndarray, stable_bins: np.ndarray, min_expected: fl
     return np.asarray(pooled_c), np.asarray(pooled_s)
 
 
+#: Pseudo-count added to every pooled bin of both sides before PSI (Jeffreys' prior): without it a bin that a small
+#: sample leaves empty by chance weighs ln(expected / 1e-4), several times the chi-square term the noise bound allows
+#: for it, and an identical canary was rolled back on that alone.
+PSEUDO_COUNT = 0.5
+
+
+def smoothed_psi(expected_bins: np.ndarray, actual_bins: np.ndarray) -> float:
+    """PSI of two pooled histograms (counts) with `PSEUDO_COUNT` added to every bin of both."""
+    return psi_of_counts(expected_bins + PSEUDO_COUNT, actual_bins + PSEUDO_COUNT)
+
+
+def look_alpha(settings: CanarySettings) -> float:
+    """Significance level of one score-distribution test in one analysis.
+
+    `distribution_test_alpha` bounds the chance that sampling noise alone rolls back a healthy canary over a whole
+    rollout. A rollout looks again and again (every `analysis_interval_seconds` for at least `step_window_seconds`
+    at each analysed step) and each look makes two tests (PSI and KS): at a fixed level per test a healthy canary was
+    rolled back in several percent of rollouts. The level is split evenly over the tests of a rollout whose steps all
+    pass (Bonferroni).
+    """
+    steps = max(1, sum(1 for p in settings.traffic_steps_percent if p < 100))
+    looks = max(1, math.ceil(settings.step_window_seconds / settings.analysis_interval_seconds))
+    return settings.distribution_test_alpha / (2 * steps * looks)
+
+
 def noise_bounds(canary_bins: np.ndarray, stable_bins: np.ndarray, alpha: float) -> tuple[float, float]:
     """What PSI and KS reach by sampling noise alone, at significance `alpha`, for two binned samples.
 
@@ -218,8 +243,8 @@ def _against_own_reference(
     if expected is None or live_bins.sum() <= 0:
         return None
     live_pooled, expected_pooled = pool_bins(live_bins, expected, settings.min_expected_per_bin)
-    psi_noise, _ = noise_bounds(live_pooled, expected_pooled, settings.distribution_test_alpha)
-    return psi_of_counts(expected_pooled, live_pooled), max(settings.max_score_psi, psi_noise)
+    psi_noise, _ = noise_bounds(live_pooled, expected_pooled, look_alpha(settings))
+    return smoothed_psi(expected_pooled, live_pooled), max(settings.max_score_psi, psi_noise)
 
 
 def _explain_score_difference(
@@ -363,18 +388,21 @@ def analyse(
             checks.append(_upper("score_psi", None, s.max_score_psi, "score PSI canary vs stable"))
             checks.append(_upper("score_ks", None, s.max_score_ks, "score KS canary vs stable"))
         else:
+            # PSI on pooled buckets (its chi-square bound needs enough expected per bin); KS on the buckets as they
+            # are (its bound holds for any binning, and pooling a sample too small for several bins into one would
+            # leave it nothing to see)
             canary_bins, stable_bins = pool_bins(*counts, s.min_expected_per_bin)
-            psi_noise, ks_noise = noise_bounds(canary_bins, stable_bins, s.distribution_test_alpha)
+            psi_noise, ks_noise = noise_bounds(canary_bins, stable_bins, look_alpha(s))
             score_checks = [
                 _upper(
                     "score_psi",
-                    psi_of_counts(stable_bins, canary_bins),
+                    smoothed_psi(stable_bins, canary_bins),
                     max(s.max_score_psi, psi_noise),
                     f"score PSI canary vs stable (threshold {s.max_score_psi:g}, noise bound {psi_noise:.3g})",
                 ),
                 _upper(
                     "score_ks",
-                    ks_of_counts(stable_bins, canary_bins),
+                    ks_of_counts(counts[1], counts[0]),
                     max(s.max_score_ks, ks_noise),
                     f"score KS canary vs stable (threshold {s.max_score_ks:g}, noise bound {ks_noise:.3g})",
                 ),

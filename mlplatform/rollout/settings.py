@@ -107,9 +107,11 @@ class CanarySettings(BaseSettings):
         default=0.01,
         gt=0,
         lt=1,
-        description="Significance level of the score-distribution checks: PSI and KS must also exceed what "
-        "sampling noise alone reaches at this level for the requests seen (the chi-square bound of PSI, the "
-        "two-sample KS critical value), so a few dozen requests cannot roll back a healthy canary.",
+        description="Chance that sampling noise alone rolls back a healthy canary over a whole rollout: PSI and KS "
+        "must also exceed what noise reaches for the requests seen (the chi-square bound of PSI, the two-sample KS "
+        "critical value) at this level split evenly over every test a rollout makes (two per analysis, "
+        "step_window_seconds / analysis_interval_seconds analyses per analysed step), so neither a few dozen "
+        "requests nor many looks roll back a healthy canary.",
     )
     min_expected_per_bin: float = Field(
         default=5.0,

@@ -223,6 +223,44 @@ def test_few_canary_requests_with_shifted_scores_still_roll_back() -> None:
     assert misses == 0
 
 
+def test_healthy_canaries_are_rarely_rolled_back_over_a_whole_rollout() -> None:
+    """A rollout analyses every step many times; noise alone must roll back few healthy canaries over all of them.
+
+    As the e2e rollouts run it (40 requests/s, 4 s windows analysed every second, steps 10/25/50 %), each look's
+    samples drawn afresh from the model's score distribution. At a fixed 1 % per test, with an empty bin weighing
+    ln(expected / 1e-4) in PSI, 33 of these 200 rollouts were rolled back (measured); with the level split over the
+    rollout's tests (`look_alpha`) and the pseudo-count in PSI, 0 of 200, within `distribution_test_alpha` (1 %)."""
+    settings = CanarySettings(step_window_seconds=4, analysis_interval_seconds=1, min_requests=15)
+    rng = np.random.default_rng(7)
+
+    def draw(n: int) -> np.ndarray:
+        return fraud_scores(int(rng.integers(1 << 30)), n)
+
+    def rolled_back() -> bool:
+        for percent in (10, 25, 50):
+            n_c = 160 * percent // 100
+            if any(_distribution_checks(draw(n_c), draw(160 - n_c), settings) for _ in range(4)):
+                return True
+        return False
+
+    healthy_rolled_back = sum(rolled_back() for _ in range(200))
+    assert healthy_rolled_back <= 6, healthy_rolled_back  # about 2 expected at 1 %
+
+
+def test_a_few_shifted_scores_are_caught_even_when_they_pool_into_one_bin() -> None:
+    """Sixteen canary scores against a stable distribution with almost every score in the lowest bucket: pooling for
+    PSI leaves one bin (nothing to compare), so the shift must show in KS, which is read on the buckets as they are."""
+    from mlplatform.rollout.analysis import bin_counts, pool_bins
+
+    settings = CanarySettings(step_window_seconds=4, analysis_interval_seconds=1, min_requests=15)
+    rng = np.random.default_rng(3)
+    stable = np.clip(rng.beta(0.3, 40.0, 144), 0.0, 1.0)
+    canary = np.clip(rng.beta(0.3, 40.0, 16) + 0.4, 0.0, 1.0)
+    counts = bin_counts(cumulative(canary), cumulative(stable))
+    assert counts is not None and len(pool_bins(*counts, settings.min_expected_per_bin)[0]) == 1
+    assert "score_ks" in _distribution_checks(canary, stable, settings)
+
+
 def test_pooling_merges_sparse_buckets_and_keeps_totals() -> None:
     from mlplatform.rollout.analysis import pool_bins
 
