@@ -15,10 +15,11 @@ Frames, little-endian:
 * answer: u32 request id, u8 status (0 ok, 1 invalid input, 2 server error), u32 n, then for ok n float64 scores
   and n bytes of fallback flags (0/1); otherwise an n-byte UTF-8 message.
 
-The predictor answers each connection's requests in order, one at a time (scoring is synchronous in its event
-loop, as over HTTP); the transformer matches answers by request id, so a request that missed its deadline is
-dropped and its late answer ignored. A frame the predictor cannot read (unknown magic, implausible size) closes
-the connection; the transformer reconnects on its next request.
+Both ends are asyncio protocols: the predictor answers each connection's requests in order, one at a time, in the
+callback that completes a request frame (scoring is synchronous in its event loop, as over HTTP); the transformer
+resolves the waiting request in the callback that completes its answer, and matches answers by request id, so a
+request that missed its deadline is dropped and its late answer ignored. A frame the predictor cannot read (unknown
+magic, implausible size) closes the connection; the transformer reconnects on its next request.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -95,7 +96,7 @@ class TensorServer:
         self._hello = _HELLO_HEAD.pack(HELLO, len(body)) + body
         self._stopping = False
         self._stopped: asyncio.Event | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.Transport] = set()
 
     def stop(self) -> None:
         """Stop listening (callable from a signal handler of the serving thread, before or after `run` starts)."""
@@ -110,7 +111,8 @@ class TensorServer:
         binding = self.path.with_name(f"{self.path.name}.new")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(binding)
-        server = await asyncio.start_unix_server(self._serve, path=str(binding))
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _ServerConnection(self), path=str(binding))
         os.chmod(binding, 0o600)
         os.replace(binding, self.path)  # appears listening and owner-only; replaces a dead process's socket
         try:
@@ -120,30 +122,13 @@ class TensorServer:
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            for connection in list(self._connections):  # the transformer sees the connection end and reconnects
-                connection.cancel()
-            if self._connections:
-                await asyncio.wait(self._connections, timeout=5)
+            for transport in list(self._connections):  # the transformer sees the connection end and reconnects
+                transport.close()
+            for _ in range(3):  # the closes take effect in the loop's next iterations
+                await asyncio.sleep(0)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        this = asyncio.current_task()
-        assert this is not None
-        self._connections.add(this)
-        writer.write(self._hello)
-        try:
-            while True:
-                magic, request_id, rows, columns = _REQUEST_HEAD.unpack(await reader.readexactly(_REQUEST_HEAD.size))
-                if magic != REQUEST or rows > self.max_rows or columns > MAX_COLUMNS:
-                    return  # not a frame of ours: nothing after it can be trusted
-                data = await reader.readexactly(4 * rows * columns)
-                writer.write(self._answer(request_id, np.frombuffer(data, np.float32).reshape(rows, columns).copy()))
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            return
-        finally:
-            writer.close()
-            self._connections.discard(this)
-
-    def _answer(self, request_id: int, rows: np.ndarray) -> bytes:
+    def answer(self, request_id: int, rows: np.ndarray) -> bytes:
+        """The answer frame for one request's float32 rows."""
         try:
             scores, fallback = self.score(rows)
         except InvalidInput as exc:
@@ -153,6 +138,42 @@ class TensorServer:
         n = len(scores)
         head = _ANSWER_HEAD.pack(request_id, OK, n)
         return head + np.asarray(scores, "<f8").tobytes() + np.asarray(fallback, np.uint8).tobytes()
+
+
+class _ServerConnection(asyncio.Protocol):
+    """One transformer connection to the predictor: request frames answered in order, as soon as each is whole
+    (a protocol rather than streams: no task switch or future per request)."""
+
+    def __init__(self, server: TensorServer) -> None:
+        self.server = server
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.server._connections.add(self.transport)
+        transport.write(self.server._hello)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.server._connections.discard(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= _REQUEST_HEAD.size:
+            magic, request_id, rows, columns = _REQUEST_HEAD.unpack_from(buffer)
+            if magic != REQUEST or rows > self.server.max_rows or columns > MAX_COLUMNS:
+                buffer.clear()
+                self.transport.close()  # not a frame of ours: nothing after it can be trusted
+                return
+            end = _REQUEST_HEAD.size + 4 * rows * columns
+            if len(buffer) < end:
+                return
+            tensor = np.frombuffer(buffer[_REQUEST_HEAD.size : end], np.float32).reshape(rows, columns)  # a copy
+            del buffer[:end]
+            self.transport.write(self.server.answer(request_id, tensor))
 
 
 def _message(request_id: int, status: int, text: str) -> bytes:
@@ -171,8 +192,7 @@ class TensorClient:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.hello: dict[str, Any] = {}
-        self._writer: asyncio.StreamWriter | None = None
-        self._reading: asyncio.Task[None] | None = None
+        self._connection: _ClientConnection | None = None
         self._pending: dict[int, asyncio.Future[Answer]] = {}
         self._ids = itertools.count(1)
         self._connecting = asyncio.Lock()
@@ -185,62 +205,118 @@ class TensorClient:
             HopError: The socket cannot be reached or the connection broke.
         """
         async with asyncio.timeout(timeout):
-            writer = await self._connect()
+            transport = await self._connect()
             request_id = next(self._ids) & 0xFFFFFFFF
             answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = answer
             try:
                 data = np.ascontiguousarray(rows, "<f4")
-                writer.write(_REQUEST_HEAD.pack(REQUEST, request_id, data.shape[0], data.shape[1]) + data.tobytes())
+                transport.write(_REQUEST_HEAD.pack(REQUEST, request_id, data.shape[0], data.shape[1]) + data.tobytes())
                 return await answer
             finally:
                 self._pending.pop(request_id, None)
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> asyncio.Transport:
+        connection = self._connection
+        if connection is not None and connection.usable():
+            assert connection.transport is not None
+            return connection.transport
         async with self._connecting:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
+            if self._connection is not None and self._connection.usable():
+                assert self._connection.transport is not None
+                return self._connection.transport
+            loop = asyncio.get_running_loop()
             try:
-                reader, writer = await asyncio.open_unix_connection(str(self.path))
-                magic, length = _HELLO_HEAD.unpack(await reader.readexactly(_HELLO_HEAD.size))
-                if magic != HELLO:
-                    writer.close()
-                    raise HopError(f"{self.path} is not a predictor's tensor socket")
-                self.hello = orjson.loads(await reader.readexactly(length))
-            except (OSError, asyncio.IncompleteReadError) as exc:
+                transport, connection = await loop.create_unix_connection(
+                    lambda: _ClientConnection(self), str(self.path)
+                )
+            except OSError as exc:
                 raise HopError(f"{type(exc).__name__}: {exc}") from None
-            self._writer = writer
-            self._reading = asyncio.create_task(self._read(reader, writer))
-            return writer
+            try:
+                self.hello = await connection.hello
+            except BaseException:
+                transport.close()
+                raise
+            self._connection = connection
+            return transport
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request_id, status, n = _ANSWER_HEAD.unpack(await reader.readexactly(_ANSWER_HEAD.size))
-                if status == OK:
-                    data = await reader.readexactly(9 * n)
-                    answer = Answer(
-                        OK, np.frombuffer(data, "<f8", n), np.frombuffer(data, np.uint8, n, 8 * n).astype(bool)
-                    )
-                else:
-                    answer = Answer(status, message=(await reader.readexactly(n)).decode(errors="replace"))
-                waiting = self._pending.get(request_id)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(answer)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            broken = HopError(f"connection lost ({type(exc).__name__})")
-            for waiting in list(self._pending.values()):
-                if not waiting.done():
-                    waiting.set_exception(broken)
-        finally:
-            writer.close()
-            if self._writer is writer:
-                self._writer = None
+    def _lost(self, connection: _ClientConnection, exc: Exception | None) -> None:
+        """Fail what waits on a connection that ended (called by it)."""
+        broken = HopError(f"connection lost ({type(exc).__name__ if exc is not None else 'closed by the predictor'})")
+        for waiting in list(self._pending.values()):
+            if not waiting.done():
+                waiting.set_exception(broken)
+        if self._connection is connection:
+            self._connection = None
 
     async def close(self) -> None:
         """Close the connection (pending requests fail with HopError)."""
-        if self._writer is not None:
-            self._writer.close()
-        if self._reading is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
+            await asyncio.sleep(0)  # connection_lost runs in the loop's next iteration
+
+
+class _ClientConnection(asyncio.Protocol):
+    """The transformer's connection: the hello, then answer frames resolved as soon as each is whole (a protocol
+    rather than streams: no reader task between the socket and the waiting request)."""
+
+    def __init__(self, client: TensorClient) -> None:
+        self.client = client
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.closed = False
+
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.hello.done():
+            self.hello.set_exception(HopError(f"{self.client.path} closed before its hello"))
+        self.client._lost(self, exc)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.hello.done():
+            if len(buffer) < _HELLO_HEAD.size:
+                return
+            magic, length = _HELLO_HEAD.unpack_from(buffer)
+            if magic != HELLO:
+                self.hello.set_exception(HopError(f"{self.client.path} is not a predictor's tensor socket"))
+                self._abandon()
+                return
+            if len(buffer) < _HELLO_HEAD.size + length:
+                return
+            try:
+                self.hello.set_result(orjson.loads(bytes(buffer[_HELLO_HEAD.size : _HELLO_HEAD.size + length])))
+            except orjson.JSONDecodeError:
+                self.hello.set_exception(HopError(f"{self.client.path} sent a hello that is not JSON"))
+                self._abandon()
+                return
+            del buffer[: _HELLO_HEAD.size + length]
+        while len(buffer) >= _ANSWER_HEAD.size:
+            request_id, status, n = _ANSWER_HEAD.unpack_from(buffer)
+            end = _ANSWER_HEAD.size + (9 * n if status == OK else n)
+            if len(buffer) < end:
+                return
+            body = bytes(buffer[_ANSWER_HEAD.size : end])
+            del buffer[:end]
+            if status == OK:
+                answer = Answer(OK, np.frombuffer(body, "<f8", n), np.frombuffer(body, np.uint8, n, 8 * n).astype(bool))
+            else:
+                answer = Answer(status, message=body.decode(errors="replace"))
+            waiting = self.client._pending.get(request_id)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(answer)
+
+    def _abandon(self) -> None:
+        self.buffer.clear()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()

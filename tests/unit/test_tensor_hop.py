@@ -1,6 +1,7 @@
 """The collocated tensor hop (serving/tensor_hop.py): the predictor's answers over the Unix socket equal its v1
 route's, bad rows and failures are answered (not dropped) and counted as over HTTP, a request past its deadline
-never receives another request's answer, and a predictor that goes away is a clear error, then reconnected."""
+never receives another request's answer, and a predictor that goes away is a clear error, then reconnected; each on
+Python's event loop and on uvloop."""
 
 from __future__ import annotations
 
@@ -31,6 +32,21 @@ from serving.tensor_hop import ERROR, INVALID, OK, HopError, TensorClient, Tenso
 
 N = len(MODEL_FEATURES)
 LABELS = {"model_name": "fraud-detector", "model_version": "4", "role": "canary", "component": "predictor"}
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test on both loops a serving process may run (ServingSettings.event_loop): uvloop's transports are not
+    asyncio's classes, and the hop's protocols must not care."""
+    before = asyncio.get_event_loop_policy()
+    if request.param == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield request.param
+    finally:
+        asyncio.set_event_loop_policy(before)
 
 
 @pytest.fixture
