@@ -217,14 +217,13 @@ class TensorClient:
                 self._pending.pop(request_id, None)
 
     async def _connect(self) -> asyncio.Transport:
-        connection = self._connection
-        if connection is not None and connection.usable():
-            assert connection.transport is not None
-            return connection.transport
+        transport = self._open_transport()
+        if transport is not None:
+            return transport
         async with self._connecting:
-            if self._connection is not None and self._connection.usable():
-                assert self._connection.transport is not None
-                return self._connection.transport
+            transport = self._open_transport()  # another request may have connected meanwhile
+            if transport is not None:
+                return transport
             loop = asyncio.get_running_loop()
             try:
                 transport, connection = await loop.create_unix_connection(
@@ -239,6 +238,11 @@ class TensorClient:
                 raise
             self._connection = connection
             return transport
+
+    def _open_transport(self) -> asyncio.Transport | None:
+        """The current connection's transport while it is open (a lost connection is forgotten in `_lost`)."""
+        transport = self._connection.transport if self._connection is not None else None
+        return transport if transport is not None and not transport.is_closing() else None
 
     def _lost(self, connection: _ClientConnection, exc: Exception | None) -> None:
         """Fail what waits on a connection that ended (called by it)."""
@@ -266,16 +270,11 @@ class _ClientConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.closed = False
-
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         if not self.hello.done():
             self.hello.set_exception(HopError(f"{self.client.path} closed before its hello"))
         self.client._lost(self, exc)
@@ -317,6 +316,5 @@ class _ClientConnection(asyncio.Protocol):
 
     def _abandon(self) -> None:
         self.buffer.clear()
-        self.closed = True
         if self.transport is not None:
             self.transport.close()
